@@ -1,7 +1,7 @@
 """State at any point, branches, verification and re-runs of recorded trajectories."""
 
 from replay.branching import branch
-from replay.live import continue_branch
+from replay.live import branch_workspace, continue_branch
 from replay.rerun import DEFAULT_NORMALIZATIONS, Divergence, RerunReport, rerun, restore_workspace
 from replay.state import State, state_at
 from replay.verification import RunVerification, verify_run
@@ -13,6 +13,7 @@ __all__ = [
     "RunVerification",
     "State",
     "branch",
+    "branch_workspace",
     "continue_branch",
     "rerun",
     "restore_workspace",

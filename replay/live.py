@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from apollo_es.agent import Agent
 from apollo_es.models import ModelClient
 from apollo_es.store import EventStore
+from apollo_es.tasks import Task, prepare_workspace
 from apollo_es.workspace import Workspace
 from events import RunFinished
+from replay.rerun import restore_workspace
 
-__all__ = ["continue_branch"]
+__all__ = ["branch_workspace", "continue_branch"]
+
+
+def branch_workspace(store: EventStore, stream_id: str, at_version: int, root: str | Path, task: Task | None = None) -> Path:
+    """The directory a branch of `stream_id` at `at_version` continues in.
+
+    With the run's task, the task's files are laid out and the recorded actions re-run up to
+    the fork, so the agent finds the files as they were there; without one, an empty directory.
+    """
+    if task is None:
+        path = Path(root)
+        path.mkdir(parents=True, exist_ok=True)
+        return path.resolve()
+    path = prepare_workspace(task, Path(root))
+    restore_workspace(store, stream_id, path, at_version)
+    return path
 
 
 async def continue_branch(

@@ -156,7 +156,7 @@ def test_resume_errors(tmp_path, recording, finished):
         (["stop", "r1"], "run r1 already ended (finished)"),
         (["intervene", "nope", "-m", "hi"], "no stream 'nope'"),
         (["intervene", "r1", "-m", "   "], "the message is empty"),
-        (["intervene", "r1", "-m", "bad", "--kind", "reject"], "--kind reject needs --target VERSION"),
+        (["intervene", "r1", "-m", "bad", "--kind", "reject"], "a reject needs the version of the action it rejects (--target VERSION)"),
         (["intervene", "r1", "-m", "bad", "--kind", "reject", "--target", "1"], "version 1 of r1 is a RunStarted, not an AgentActed"),
         (["intervene", "r1", "-m", "bad", "--kind", "reject", "--target", "99"], "versions 1..6, not 99"),
     ],
@@ -171,8 +171,8 @@ def test_intervene_errors_write_nothing(finished, args, message):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--target", "1"], "--target only goes with --kind reject"),
-        (["--seen", "7"], "--seen 7 is outside versions 1..1"),
+        (["--target", "1"], "a target version only goes with a reject"),
+        (["--seen", "7"], "the seen version 7 is outside versions 1..1"),
     ],
     ids=["target-without-reject", "seen-out-of-range"],
 )

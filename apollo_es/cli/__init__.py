@@ -12,6 +12,7 @@ from apollo_es.cli import supervision_commands
 from apollo_es.cli import dataset_commands, replay_commands, run_commands, store_commands
 from apollo_es.cli import train_commands
 from apollo_es.cli import import_commands
+from apollo_es.cli.serve_command import serve
 
 
 @click.group(cls=ApolloGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,7 +28,7 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-for command in [*store_commands.COMMANDS, *run_commands.COMMANDS, *supervision_commands.COMMANDS, *replay_commands.COMMANDS, *dataset_commands.COMMANDS, *train_commands.COMMANDS, *import_commands.COMMANDS, demo]:
+for command in [*store_commands.COMMANDS, *run_commands.COMMANDS, *supervision_commands.COMMANDS, *replay_commands.COMMANDS, *dataset_commands.COMMANDS, *train_commands.COMMANDS, *import_commands.COMMANDS, serve, demo]:
     cli.add_command(command)
 
 

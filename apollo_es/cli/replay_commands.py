@@ -14,7 +14,7 @@ from apollo_es.tasks import load_task, prepare_workspace
 from apollo_es.workspace import Workspace
 from projections.audit import timeline
 from replay import branch as branch_run
-from replay import rerun, restore_workspace, state_at, verify_run
+from replay import branch_workspace, rerun, state_at, verify_run
 from replay.rerun import DEFAULT_NORMALIZATIONS, DEFAULT_SKIP_TOOLS
 
 
@@ -74,7 +74,8 @@ def replay(store: EventStore, run_id, at_version, show, make_branch, inject, rea
             else:
                 click.echo(new_id)
             return
-        root = _workspace_for(store, run_id, state.version, workspace_dir, task_file, default=Path(store.path).resolve().parent / "workspaces" / new_id)
+        root = branch_workspace(store, run_id, state.version, workspace_dir or Path(store.path).resolve().parent / "workspaces" / new_id,
+                                load_task(task_file) if task_file else None)
         drive(store, new_id, client, Workspace(root), resume=False, as_json=as_json)
         return
     if as_json:
@@ -146,14 +147,6 @@ def _prepared(workspace_dir: str, task_file: str | None) -> Path:
         return prepare_workspace(load_task(task_file), root)
     root.mkdir(parents=True, exist_ok=True)
     return root.resolve()
-
-
-def _workspace_for(store, run_id, version, workspace_dir, task_file, *, default: Path) -> Path:
-    """The workspace a continued branch runs in: rebuilt at the fork from the task when given."""
-    root = _prepared(str(workspace_dir or default), task_file)
-    if task_file:
-        restore_workspace(store, run_id, root, version)
-    return root
 
 
 @click.command()

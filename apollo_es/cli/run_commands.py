@@ -16,12 +16,13 @@ from rich.live import Live
 from rich.text import Text
 
 from apollo_es.agent import Agent, StepReport
+from apollo_es.interventions import intervene as intervene_run
 from apollo_es.cli._common import console, db_option, json_option, open_store, print_json, stderr_is_tty, with_store
 from apollo_es.models import ModelClient, RecordedClient, load_recording, make_client
-from apollo_es.store import NO_STREAM, EventStore, NewEvent
+from apollo_es.store import NO_STREAM, EventStore
 from apollo_es.tasks import load_task, prepare_workspace, run_started
 from apollo_es.workspace import Workspace
-from events import AgentActed, ContextSummarized, HumanIntervened, RunFinished
+from events import ContextSummarized, RunFinished
 from projections.audit import timeline
 from projections.context import fold
 
@@ -196,27 +197,7 @@ def stop(store: EventStore, run_id, message, annotator, as_json):
 
 
 def _intervene(store: EventStore, run_id: str, message: str, kind: str, target: int | None, seen_version: int | None, annotator: str, as_json: bool) -> None:
-    head = store.head(run_id)
-    if not message.strip():
-        raise click.ClickException("the message is empty")
-    context = fold(store.read(run_id))
-    if context.finished is not None and kind != "reject":
-        raise click.ClickException(f"run {run_id} already ended ({context.finished.status}); branch it to steer it: apollo-es branch {run_id} --at V")
-    target_event_id = None
-    if kind == "reject":
-        if target is None:
-            raise click.ClickException("--kind reject needs --target VERSION (the action you reject)")
-        action = store.event(run_id, target)
-        if not isinstance(action.event, AgentActed):
-            raise click.ClickException(f"version {target} of {run_id} is a {action.kind}, not an AgentActed")
-        target_event_id = action.event_id
-    elif target is not None:
-        raise click.ClickException("--target only goes with --kind reject")
-    if seen_version is not None and not 1 <= seen_version <= head:
-        raise click.ClickException(f"--seen {seen_version} is outside versions 1..{head}")
-    event = HumanIntervened(annotator=annotator, kind=kind, message=message, seen_version=seen_version or head, target_event_id=target_event_id)
-    # A reject answers the action it names: the causation index finds it from any branch.
-    [recorded] = store.append(run_id, [NewEvent(event=event, causation_id=target_event_id)], actor=f"human:{annotator}")
+    recorded = intervene_run(store, run_id, kind=kind, message=message, annotator=annotator, seen_version=seen_version, target=target)
     if as_json:
         print_json({"run_id": run_id, "version": recorded.version, "position": recorded.position, "kind": kind})
     else:

@@ -1,0 +1,418 @@
+"""The annotator console: an ASGI app over the store.
+
+Pages are static files; everything they show comes from a small JSON API and two
+server-sent-event streams (the runs table, one run's timeline) fed by one `EventHub`.
+Writes go through the same functions the CLI uses (`apollo_es.interventions.intervene`,
+`replay.branch`), so an event written from the page is the event the CLI would write.
+
+Who may do what: writes always need the token (`Authorization: Bearer TOKEN`); reads need
+it too unless the server listens on loopback only. Run ids travel as query parameters, never
+in the path, because they may contain `/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from apollo_es.console.hub import EventHub
+from apollo_es.errors import ApolloError, ConcurrencyError, StoreBusyError, StreamExistsError, StreamNotFound
+from apollo_es.interventions import intervene
+from apollo_es.models import ModelClient
+from apollo_es.store import EventStore, RecordedEvent
+from apollo_es.tasks import Task
+from apollo_es.workspace import Workspace
+from projections.policy import annotations_for, decide
+from projections.rules import RuleSet
+from replay import branch, branch_workspace, continue_branch
+
+__all__ = ["ConsoleSettings", "create_app"]
+
+log = logging.getLogger("apollo_es.console")
+
+STATIC = Path(__file__).parent / "static"
+ANNOTATOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@ -]{0,63}")
+MAX_MESSAGE_CHARS = 20_000
+MAX_BODY_BYTES = 256 * 1024
+KEEPALIVE_SECONDS = 15.0
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+SECURITY_HEADERS = [
+    # Agent output is untrusted: the pages put it into the DOM as text only, and this policy
+    # would stop an injected script even if one got through.
+    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                                 b"img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+class ConsoleSettings(msgspec.Struct, kw_only=True):
+    token: str
+    """The bearer token every write (and, off loopback, every read) must carry."""
+    open_reads: bool = True
+    """Reads without the token: only when the server listens on loopback."""
+    loopback_only: bool = True
+    """Refuse requests whose Host is not a loopback name (a DNS-rebinding page cannot read runs)."""
+    model_client: Callable[[], ModelClient] | None = None
+    """Builds a client for continuing branches live; None: branches are only created."""
+    model: str = ""
+    task: Task | None = None
+    """The runs' task, to rebuild a branch's workspace at its fork before continuing it."""
+    workspaces: Path = Path("workspaces")
+    rules: RuleSet = msgspec.field(default_factory=RuleSet.default)
+    poll_interval: float = 0.1
+
+
+# -- request bodies ---------------------------------------------------------------------
+
+
+class _Intervention(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    run: str
+    kind: Literal["guidance", "stop", "reject"]
+    message: str
+    annotator: str
+    seen_version: int | None = None
+    target: int | None = None
+
+
+class _Branch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    run: str
+    at: int
+    message: str
+    annotator: str
+    name: str | None = None
+    reason: str = ""
+    live: bool = False
+    """Continue the branch with the configured model right away."""
+
+
+class HTTPProblem(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
+    """The console over `store` (kept open by the caller for the app's lifetime)."""
+    hub = EventHub(store, poll_interval=settings.poll_interval)
+    continuations: dict[str, str] = {}  # branch id -> "running" | final status | "error: ..."
+    task_group: list[anyio.abc.TaskGroup] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await hub.catch_up()
+        async with anyio.create_task_group() as tg:
+            task_group.append(tg)
+            tg.start_soon(hub.run)
+            yield
+            tg.cancel_scope.cancel()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def authorize(request: Request, *, write: bool) -> None:
+        if not write and settings.open_reads:
+            return
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        if not token and not write:
+            token = request.query_params.get("token", "")  # EventSource cannot send headers; writes never take it from a URL
+        if not token or not secrets.compare_digest(token.encode(), settings.token.encode()):
+            what = "writing" if write else "reading"
+            raise HTTPProblem(401, f"{what} needs the console token: send Authorization: Bearer TOKEN", {"WWW-Authenticate": "Bearer"})
+
+    async def body(request: Request, kind: type[msgspec.Struct]) -> Any:
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            raise HTTPProblem(413, f"request body over {MAX_BODY_BYTES} bytes")
+        try:
+            value = msgspec.json.decode(raw, type=kind)
+        except msgspec.ValidationError as exc:
+            raise HTTPProblem(400, f"invalid request: {exc}") from None
+        except msgspec.DecodeError:
+            raise HTTPProblem(400, "invalid request: the body is not JSON") from None
+        if not ANNOTATOR.fullmatch(value.annotator):
+            raise HTTPProblem(400, "invalid annotator name: 1-64 letters, digits, spaces and ._@- , starting with a letter or digit")
+        if not value.message.strip():
+            raise HTTPProblem(400, "the message is empty")
+        if len(value.message) > MAX_MESSAGE_CHARS:
+            raise HTTPProblem(400, f"the message is over {MAX_MESSAGE_CHARS:,} characters")
+        return value
+
+    def run_param(request: Request) -> str:
+        run = request.query_params.get("run", "")
+        if not run:
+            raise HTTPProblem(400, "missing ?run=RUN_ID")
+        return run
+
+    def version_param(request: Request, name: str, default: int = 0) -> int:
+        value = request.query_params.get(name, str(default)) or str(default)
+        if not value.isdigit():
+            raise HTTPProblem(400, f"?{name}= must be a non-negative integer, not {value!r}")
+        return int(value)
+
+    # -- pages --------------------------------------------------------------------------
+
+    async def runs_page(request: Request) -> Response:
+        return FileResponse(STATIC / "runs.html")
+
+    async def run_page(request: Request) -> Response:
+        return FileResponse(STATIC / "run.html")
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def config(request: Request) -> Response:
+        authorize(request, write=False)
+        return _json({"can_continue": settings.model_client is not None, "model": settings.model,
+                      "rules": settings.rules.enabled, "summary_default": 100_000})
+
+    async def tree_root(request: Request) -> str | None:
+        """`?tree=STREAM` narrows the rows to the branch tree STREAM belongs to."""
+        stream = request.query_params.get("tree")
+        if not stream:
+            return None
+        lineage = await anyio.to_thread.run_sync(store.lineage, stream)  # StreamNotFound: 404
+        return lineage[0][0]
+
+    async def runs(request: Request) -> Response:
+        authorize(request, write=False)
+        root = await tree_root(request)
+        return _json({"server_time": _now(), "runs": hub.index.summaries(root)})
+
+    async def runs_stream(request: Request) -> Response:
+        authorize(request, write=False)
+        root = await tree_root(request)
+
+        async def events() -> AsyncIterator[bytes]:
+            with hub.subscribe() as receive:
+                yield _sse("runs", {"server_time": _now(), "runs": hub.index.summaries(root)})
+                async for batch in _with_keepalive(receive):
+                    if batch is None:
+                        yield b": keep-alive\n\n"
+                        continue
+                    changed = [s for s in batch.changed if root is None or s.root_id == root]
+                    if changed:
+                        yield _sse("changed", {"server_time": _now(), "runs": changed})
+
+        return _event_stream(events())
+
+    async def run_events(request: Request) -> Response:
+        authorize(request, write=False)
+        run, after = run_param(request), version_param(request, "after")
+        events = await anyio.to_thread.run_sync(store.read, run)
+        return _json({"run": run, "events": [_view(e) for e in events if e.version > after]})
+
+    async def run_events_stream(request: Request) -> Response:
+        """The run's events after `after` (or Last-Event-ID), then each new one as it lands."""
+        authorize(request, write=False)
+        run = run_param(request)
+        last_id = request.headers.get("last-event-id", "")
+        after = int(last_id) if last_id.isdigit() else version_param(request, "after")
+        await anyio.to_thread.run_sync(store.head, run)  # unknown run: 404 before the stream starts
+
+        async def events() -> AsyncIterator[bytes]:
+            sent = after
+            # Subscribe before reading the backlog: whatever lands in between arrives twice and
+            # is skipped by version, rather than falling into a gap.
+            with hub.subscribe() as receive:
+                for recorded in await anyio.to_thread.run_sync(store.read, run):
+                    if recorded.version > sent:
+                        yield _sse("event", _view(recorded), id=recorded.version)
+                        sent = recorded.version
+                async for batch in _with_keepalive(receive):
+                    if batch is None:
+                        yield b": keep-alive\n\n"
+                        continue
+                    for recorded in batch.events:
+                        if recorded.stream_id == run and recorded.version > sent:
+                            yield _sse("event", _view(recorded), id=recorded.version)
+                            sent = recorded.version
+
+        return _event_stream(events())
+
+    async def annotations(request: Request) -> Response:
+        """Rule hits, judge verdicts and rejects of the run's actions, and keep or mask."""
+        authorize(request, write=False)
+        run = run_param(request)
+
+        def compute() -> dict[str, Any]:
+            events = store.read(run)
+            decisions = decide(events, settings.rules, extra=annotations_for(store, events))
+            return {event_id: msgspec.to_builtins(d) for event_id, d in decisions.items()}
+
+        return _json({"run": run, "decisions": await anyio.to_thread.run_sync(compute)})
+
+    # -- writes -------------------------------------------------------------------------
+
+    async def post_intervention(request: Request) -> Response:
+        authorize(request, write=True)
+        item: _Intervention = await body(request, _Intervention)
+        recorded = await anyio.to_thread.run_sync(
+            lambda: intervene(store, item.run, kind=item.kind, message=item.message, annotator=item.annotator,
+                              seen_version=item.seen_version, target=item.target)
+        )
+        log.info("%s by %s on %s v%d", item.kind, item.annotator, item.run, recorded.version)
+        return _json({"run": item.run, "version": recorded.version, "position": recorded.position, "kind": item.kind}, status=201)
+
+    async def post_branch(request: Request) -> Response:
+        authorize(request, write=True)
+        item: _Branch = await body(request, _Branch)
+        if item.live and settings.model_client is None:
+            raise HTTPProblem(400, "no model is configured to continue branches: start the console with --model")
+        new_id = await anyio.to_thread.run_sync(
+            lambda: branch(store, item.run, item.at, inject=item.message, reason=item.reason,
+                           annotator=item.annotator, new_stream_id=item.name or None)
+        )
+        log.info("branch %s of %s at v%d by %s", new_id, item.run, item.at, item.annotator)
+        if item.live:
+            continuations[new_id] = "starting"
+            task_group[0].start_soon(continue_live, item.run, item.at, new_id)
+        return _json({"stream_id": new_id, "parent_id": item.run, "fork_version": item.at, "live": item.live}, status=201)
+
+    async def continue_live(parent: str, at: int, branch_id: str) -> None:
+        """Run the agent on a new branch in the server's task group; errors are logged and shown."""
+        assert settings.model_client is not None
+        client = None
+        try:
+            root = settings.workspaces / _safe_dirname(branch_id)
+            workspace = await anyio.to_thread.run_sync(branch_workspace, store, parent, at, root, settings.task)
+            client = settings.model_client()
+            continuations[branch_id] = "running"
+            finished = await continue_branch(store, branch_id, client, Workspace(workspace))
+            continuations[branch_id] = finished.status
+        except Exception as exc:
+            log.exception("continuing %s failed", branch_id)
+            continuations[branch_id] = f"error: {exc}"
+        finally:
+            if client is not None:
+                await client.aclose()
+
+    async def live_branches(request: Request) -> Response:
+        authorize(request, write=False)
+        return _json({"branches": continuations})
+
+    routes = [
+        Route("/", runs_page),
+        Route("/run", run_page),
+        Route("/api/config", config),
+        Route("/api/runs", runs),
+        Route("/api/runs/stream", runs_stream),
+        Route("/api/events", run_events),
+        Route("/api/events/stream", run_events_stream),
+        Route("/api/annotations", annotations),
+        Route("/api/live", live_branches),
+        Route("/api/interventions", post_intervention, methods=["POST"]),
+        Route("/api/branches", post_branch, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPProblem: _problem, ApolloError: _apollo_problem})
+    app.state.hub = hub
+    return _Guard(app, loopback_only=settings.loopback_only)
+
+
+# -- responses ------------------------------------------------------------------------------
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(data), status_code=status, media_type="application/json")
+
+
+def _view(recorded: RecordedEvent) -> dict[str, Any]:
+    """An event as the run page gets it: the envelope plus the payload as plain JSON."""
+    return {
+        "stream_id": recorded.stream_id, "version": recorded.version, "position": recorded.position,
+        "kind": recorded.kind, "actor": recorded.actor, "recorded_at": recorded.recorded_at,
+        "event_id": recorded.event_id, "causation_id": recorded.causation_id, "event": msgspec.to_builtins(recorded.event),
+    }
+
+
+def _sse(event: str, data: Any, *, id: int | None = None) -> bytes:
+    head = f"id: {id}\n" if id is not None else ""
+    return f"{head}event: {event}\n".encode() + b"data: " + msgspec.json.encode(data) + b"\n\n"
+
+
+def _event_stream(chunks: AsyncIterator[bytes]) -> Response:
+    return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _with_keepalive(receive: anyio.abc.ObjectReceiveStream) -> AsyncIterator[Any]:
+    """Items from `receive`, with None after each quiet KEEPALIVE_SECONDS (proxies close idle streams)."""
+    while True:
+        with anyio.move_on_after(KEEPALIVE_SECONDS) as scope:
+            try:
+                item = await receive.receive()
+            except anyio.EndOfStream:
+                return  # dropped by the hub for falling behind: the page reconnects
+        yield None if scope.cancelled_caught else item
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _safe_dirname(stream_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stream_id)
+
+
+async def _problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPProblem)
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+
+async def _apollo_problem(request: Request, exc: Exception) -> Response:
+    """The project's errors as HTTP: nothing was written, and the message says why."""
+    if isinstance(exc, StreamNotFound):
+        status = 404
+    elif isinstance(exc, (ConcurrencyError, StreamExistsError)):
+        status = 409
+    elif isinstance(exc, StoreBusyError):
+        status = 503
+    else:
+        status = 400
+    return JSONResponse({"error": str(exc)}, status_code=status)
+
+
+class _Guard:
+    """Adds the security headers to every response and, on loopback, rejects foreign Host names."""
+
+    def __init__(self, app: Starlette, *, loopback_only: bool) -> None:
+        self.app, self.loopback_only = app, loopback_only
+        self.state = app.state
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and self.loopback_only and _host(scope) not in LOOPBACK_HOSTS:
+            response = JSONResponse({"error": "this console only answers to localhost / 127.0.0.1"}, status_code=421)
+            await response(scope, receive, send)
+            return
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _host(scope: dict) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"host":
+            host = value.decode("latin-1").lower()
+            if host.startswith("["):
+                return host[1 : host.find("]")]
+            return host.rsplit(":", 1)[0] if ":" in host else host
+    return ""

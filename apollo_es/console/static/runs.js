@@ -1,0 +1,89 @@
+"use strict";
+// The runs page: every run and branch, live, with filter and sort.
+(() => {
+  const { el, stream, ago, fmt, runLink, syncClock, showConnection } = Console;
+  const runs = new Map();
+  let sortKey = "last_event_at", descending = true;
+
+  const body = document.querySelector("#runs tbody");
+  const filter = document.getElementById("filter");
+  const statusFilter = document.getElementById("status-filter");
+  const waitingOnly = document.getElementById("waiting-only");
+
+  function matches(run) {
+    const text = filter.value.trim().toLowerCase();
+    if (statusFilter.value && run.status !== statusFilter.value) return false;
+    if (waitingOnly.checked && !run.open_interventions) return false;
+    if (!text) return true;
+    return [run.stream_id, run.task_id, run.task, run.status, run.model, run.last_action]
+      .some((field) => String(field || "").toLowerCase().includes(text));
+  }
+
+  function compare(a, b) {
+    const x = a[sortKey], y = b[sortKey];
+    const order = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
+    return descending ? -order : order;
+  }
+
+  function gauge(run) {
+    const share = run.summary_threshold ? Math.min(1, run.tokens / run.summary_threshold) : 0;
+    return el("td", { class: "num", title: `${fmt(run.tokens)} of ${fmt(run.summary_threshold)} tokens before a summary` },
+      el("span", { class: "mini-gauge" }, el("span", { class: share > 0.9 ? "fill hot" : "fill", style: { width: `${Math.round(share * 100)}%` } })),
+      ` ${fmt(run.tokens)}`);
+  }
+
+  function row(run) {
+    const name = el("td", { class: "run-id" },
+      run.parent_id ? el("span", { class: "muted" }, "↳ ") : null,
+      el("a", { href: runLink(run.stream_id) }, run.stream_id),
+      run.parent_id ? el("div", { class: "muted small" }, `from ${run.parent_id} @v${run.fork_version}`) : null);
+    return el("tr", { dataset: { stream: run.stream_id } },
+      name,
+      el("td", {}, el("span", { class: `status ${run.status}` }, run.status)),
+      el("td", { class: "task", title: run.task }, run.task_id || run.task),
+      el("td", { class: "num" }, fmt(run.steps)),
+      gauge(run),
+      el("td", { class: "last-action", title: run.last_action }, run.last_action),
+      el("td", { class: "ago", dataset: { at: run.last_event_at } }, ago(run.last_event_at)),
+      el("td", { class: run.open_interventions ? "num waiting" : "num" }, fmt(run.open_interventions)));
+  }
+
+  function render() {
+    const shown = [...runs.values()].filter(matches).sort(compare);
+    body.replaceChildren(...shown.map(row));
+    document.getElementById("count").textContent = `${shown.length} of ${runs.size} runs`;
+    document.getElementById("empty").hidden = runs.size > 0;
+    for (const th of document.querySelectorAll("th[data-sort]")) {
+      th.classList.toggle("sorted", th.dataset.sort === sortKey);
+      th.classList.toggle("desc", th.dataset.sort === sortKey && descending);
+    }
+  }
+
+  for (const th of document.querySelectorAll("th[data-sort]")) {
+    th.addEventListener("click", () => {
+      descending = th.dataset.sort === sortKey ? !descending : th.dataset.sort !== "stream_id";
+      sortKey = th.dataset.sort;
+      render();
+    });
+  }
+  for (const input of [filter, statusFilter, waitingOnly]) input.addEventListener("input", render);
+
+  const source = stream("/api/runs/stream");
+  showConnection(source);
+  source.addEventListener("runs", (message) => {
+    const data = JSON.parse(message.data);
+    syncClock(data.server_time);
+    runs.clear();
+    for (const run of data.runs) runs.set(run.stream_id, run);
+    render();
+  });
+  source.addEventListener("changed", (message) => {
+    const data = JSON.parse(message.data);
+    syncClock(data.server_time);
+    for (const run of data.runs) runs.set(run.stream_id, run);
+    render();
+  });
+  setInterval(() => {
+    for (const cell of document.querySelectorAll("td.ago")) cell.textContent = ago(cell.dataset.at);
+  }, 1000);
+})();

@@ -1,0 +1,170 @@
+"""The annotator console end to end in headless Chromium (Debian's, driven by Playwright).
+
+A scripted agent runs live through the real rollout engine; the test decides when each of
+its model answers lands. Screenshots go to test-artifacts/console/ (APOLLO_ES_ARTIFACTS).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from apollo_es import EventStore
+from events import HumanIntervened, RunFinished
+from tests.console_support import ARTIFACTS, CHROMIUM_ARGS, TOKEN, ConsoleServer, PacedAgent, chromium_path, start_run
+from tests.scripted import texts, tool_use
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+GUIDANCE = "Stop exploring; write hello.py and run it."
+
+
+@pytest.fixture(scope="module")
+def browser():
+    path = chromium_path()
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    yield page
+    context.close()
+    assert not problems, problems
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")  # the sticky header belongs at the top of a full-page shot
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def wait_until(condition, timeout: float = 20, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_annotator_watches_a_live_run_guides_it_and_branches_it(tmp_path, page):
+    store = EventStore(tmp_path / "a.db")
+    workspace = start_run(store, tmp_path)
+    agent = PacedAgent(store, workspace, [
+        tool_use("list_files", {"path": "."}, "Let me look around first."),
+        tool_use("run_command", {"command": f"echo '{HOSTILE}'"}, "<b>Not bold</b>: checking how output is shown."),
+        tool_use("think", {"thought": "this answer is dropped: guidance arrived while the model was thinking"}),
+        tool_use("write_file", {"path": "hello.py", "content": "print(2 + 3)\n"}, "Following the guidance."),
+        tool_use("finish", {"answer": "hello.py prints 5"}),
+    ]).start()
+    try:
+        with ConsoleServer(store) as server:
+            agent.release(1)
+            agent.wait_for_request(2)  # step 1 recorded; the agent waits for its second answer
+
+            # The runs page lists the live run.
+            page.goto(f"{server.url}/#token={TOKEN}")
+            page.fill("#annotator", "ana")
+            page.dispatch_event("#annotator", "change")
+            row = page.locator("tr[data-stream='run-1']")
+            playwright.expect(row).to_contain_text("open")
+            playwright.expect(row.locator("td").nth(3)).to_have_text("1")
+            assert page.url == f"{server.url}/"  # the token left the address bar
+            shot(page, "1-runs.png")
+
+            # The run page shows the timeline and grows without a reload.
+            row.locator("a").click()
+            page.wait_for_selector("article[data-version='3']")
+            page.evaluate("window.__sameDocument = true")
+            agent.release(2)
+            output = page.locator("article[data-version='5']")
+            playwright.expect(output).to_contain_text("<script>window.__pwned=2</script>")
+            assert page.evaluate("window.__sameDocument") is True
+            # Agent output is shown as text, never run or parsed as HTML.
+            assert page.evaluate("window.__pwned") is None
+            assert page.locator("article img, article script, article b").count() == 0
+            playwright.expect(page.locator("article[data-version='4']")).to_contain_text("<b>Not bold</b>")
+
+            # Guidance sent while the model is thinking reaches its next request.
+            agent.wait_for_request(3)
+            page.fill("#guidance", GUIDANCE)
+            page.click("#send-guidance")
+            playwright.expect(page.locator("#message")).to_contain_text("guidance recorded as v6")
+            guidance = page.locator("article[data-kind='HumanIntervened']")
+            playwright.expect(guidance).to_contain_text(GUIDANCE)
+            playwright.expect(guidance).to_contain_text("guidance from ana (saw v5)")
+            recorded = store.event("run-1", 6)
+            assert isinstance(recorded.event, HumanIntervened) and recorded.actor == "human:ana"
+            assert recorded.event.seen_version == 5
+            agent.release(3)  # answered from the old context: dropped, the model is asked again
+            fourth = agent.wait_for_request(4)
+            assert GUIDANCE not in "\n".join(texts(agent.requests[2]))
+            assert GUIDANCE in "\n".join(texts(fourth))
+            agent.release(4)
+            page.wait_for_selector("article[data-version='8']")
+            playwright.expect(page.locator("#gauge-label")).to_contain_text("step 3")
+            shot(page, "2-run-guided.png")
+
+            # Branch from the first action with other guidance; the branch shows in the tree.
+            page.locator("article[data-version='2'] button.select").click()
+            page.fill("#step-message", "Read the task again before listing files.")
+            page.click("#branch-here")
+            playwright.expect(page.locator("#message")).to_contain_text("Branch run-1~b1 created at v2")
+            node = page.locator("#tree li[data-stream='run-1~b1']")
+            playwright.expect(node).to_contain_text("@v2")
+            shot(page, "3-branch-in-tree.png")
+
+            page.locator("#message a").click()
+            page.wait_for_selector("article[data-kind='BranchCreated']")
+            playwright.expect(page.locator("article.inherited")).to_have_count(2)  # v1 and v2 come from run-1
+            playwright.expect(page.locator("article[data-version='4']")).to_contain_text("Read the task again")
+            playwright.expect(page.locator("#tree li.current")).to_contain_text("run-1~b1")
+            shot(page, "4-branch.png")
+
+            agent.release_all()
+            assert agent.join().status == "finished"
+            page.goto(f"{server.url}/run?id=run-1")
+            playwright.expect(page.locator("#run-status")).to_have_text("finished")
+            page.goto("about:blank")  # close the page's streams before the server goes
+    finally:
+        agent.release_all()
+    [branch_created, branch_guidance] = store.read("run-1~b1")[2:]
+    assert branch_created.actor == branch_guidance.actor == "human:ana"
+    assert branch_guidance.event.message == "Read the task again before listing files."
+    assert isinstance(store.read("run-1")[-1].event, RunFinished)
+
+
+def test_writes_without_a_token_show_the_refusal(tmp_path, browser):
+    store = EventStore(tmp_path / "a.db")
+    start_run(store, tmp_path)
+    context = browser.new_context()  # a fresh profile: no token stored
+    page = context.new_page()
+    with ConsoleServer(store) as server:
+        page.goto(f"{server.url}/run?id=run-1")
+        page.fill("#annotator", "ana")
+        page.dispatch_event("#annotator", "change")
+        page.wait_for_selector("article[data-version='1']")
+        page.fill("#guidance", "hello")
+        page.click("#send-guidance")
+        playwright.expect(page.locator("#message")).to_contain_text("401: writing needs the console token")
+        context.close()
+    assert store.head("run-1") == 1
+
+
+def test_an_unknown_run_says_so(tmp_path, browser):
+    store = EventStore(tmp_path / "a.db")
+    start_run(store, tmp_path)
+    context = browser.new_context()
+    page = context.new_page()
+    with ConsoleServer(store) as server:
+        page.goto(f"{server.url}/run?id=nope")
+        playwright.expect(page.locator("#message")).to_contain_text("404: no stream 'nope'")
+        context.close()
