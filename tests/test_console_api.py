@@ -165,6 +165,8 @@ def test_reads_are_open_on_loopback_but_need_the_token_off_it(store):
         by_header = httpx.get(f"{server.url}/api/runs", headers=AUTH)
         by_query = httpx.get(f"{server.url}/api/events", params={"run": "run-1", "token": TOKEN})
         page = httpx.get(f"{server.url}/")
+        config = httpx.get(f"{server.url}/api/config").json()
+    assert config["reads_need_token"] is True and config["can_continue"] is False
     assert refused.status_code == 401
     assert by_header.status_code == 200 and by_query.status_code == 200
     assert page.status_code == 200  # the page itself holds no data

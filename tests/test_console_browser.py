@@ -11,7 +11,7 @@ import time
 import pytest
 
 from apollo_es import EventStore
-from events import HumanIntervened, RunFinished
+from events import AgentActed, HumanIntervened, RunFinished, ToolCall, ToolObserved
 from tests.console_support import ARTIFACTS, CHROMIUM_ARGS, TOKEN, ConsoleServer, PacedAgent, chromium_path, start_run
 from tests.scripted import texts, tool_use
 
@@ -168,3 +168,64 @@ def test_an_unknown_run_says_so(tmp_path, browser):
         page.goto(f"{server.url}/run?id=nope")
         playwright.expect(page.locator("#message")).to_contain_text("404: no stream 'nope'")
         context.close()
+
+
+def test_runs_page_filters_sorts_and_updates_live_with_the_token_off_loopback(tmp_path, page):
+    store = EventStore(tmp_path / "a.db")
+    for run_id in ("alpha", "beta", "gamma"):
+        start_run(store, tmp_path, run_id)
+    store.append("gamma", [RunFinished(status="finished")], actor="system")
+    store.append("beta", [HumanIntervened(annotator="ana", kind="guidance", message="look at the logs")], actor="human:ana")
+    with ConsoleServer(store, open_reads=False, loopback_only=False) as server:
+        page.goto(f"{server.url}/#token={TOKEN}")
+        rows = page.locator("#runs tbody tr")
+        playwright.expect(rows).to_have_count(3)
+        playwright.expect(page.locator("tr[data-stream='beta'] td").nth(7)).to_have_text("1")
+
+        page.select_option("#status-filter", "finished")
+        playwright.expect(rows).to_have_count(1)
+        playwright.expect(rows.first).to_have_attribute("data-stream", "gamma")
+        page.select_option("#status-filter", "")
+        page.check("#waiting-only")
+        playwright.expect(rows).to_have_count(1)
+        playwright.expect(rows.first).to_have_attribute("data-stream", "beta")
+        page.uncheck("#waiting-only")
+        page.fill("#filter", "alp")
+        playwright.expect(rows).to_have_count(1)
+        page.fill("#filter", "")
+
+        page.click("th[data-sort='stream_id']")  # ascending by name
+        playwright.expect(rows.first).to_have_attribute("data-stream", "alpha")
+        page.click("th[data-sort='stream_id']")
+        playwright.expect(rows.first).to_have_attribute("data-stream", "gamma")
+
+        store.append("alpha", [HumanIntervened(annotator="ben", kind="stop", message="enough")], actor="human:ben")
+        playwright.expect(page.locator("tr[data-stream='alpha'] .status")).to_have_text("stopping")
+        shot(page, "5-runs-filtered.png")
+        page.goto("about:blank")
+
+
+def test_twenty_pages_on_one_run_each_show_every_event_in_order(tmp_path, browser):
+    store = EventStore(tmp_path / "a.db")
+    start_run(store, tmp_path)
+    steps = 15
+    with ConsoleServer(store) as server:
+        contexts = [browser.new_context() for _ in range(20)]  # one profile each, as 20 annotators
+        pages = [context.new_page() for context in contexts]
+        for page in pages:
+            page.goto(f"{server.url}/run?id=run-1")
+        for page in pages:
+            page.wait_for_selector("article[data-version='1']")
+        for i in range(steps):
+            store.append("run-1", [
+                AgentActed(model="m", tool_calls=[ToolCall(id=f"c{i}", name="think", arguments={"thought": f"step {i}"})]),
+                ToolObserved(tool_call_id=f"c{i}", tool_name="think", output=f"noted {i}"),
+            ], actor="agent")
+            time.sleep(0.02)
+        last = 1 + 2 * steps
+        for page in pages:
+            page.wait_for_selector(f"article[data-version='{last}']")
+        shown = [page.eval_on_selector_all("#timeline article", "items => items.map(a => Number(a.dataset.version))") for page in pages]
+        for context in contexts:
+            context.close()
+    assert all(versions == list(range(1, last + 1)) for versions in shown)

@@ -176,9 +176,9 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
     # -- reads --------------------------------------------------------------------------
 
     async def config(request: Request) -> Response:
-        authorize(request, write=False)
-        return _json({"can_continue": settings.model_client is not None, "model": settings.model,
-                      "rules": settings.rules.enabled, "summary_default": 100_000})
+        """What the page must know before it reads: open to all, it holds no run data."""
+        return _json({"reads_need_token": not settings.open_reads, "can_continue": settings.model_client is not None,
+                      "model": settings.model, "rules": settings.rules.enabled})
 
     async def tree_root(request: Request) -> str | None:
         """`?tree=STREAM` narrows the rows to the branch tree STREAM belongs to."""

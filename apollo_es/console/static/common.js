@@ -52,9 +52,14 @@ const Console = (() => {
     return data;
   }
 
-  // EventSource cannot send headers: off loopback the token rides in the query.
-  function stream(path) {
-    const url = token() ? path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token()) : path;
+  // What the server allows; fetched once, before any read.
+  const config = fetch("/api/config").then((response) => response.json());
+
+  // EventSource cannot send headers: only when reads need the token (off loopback) does it
+  // ride in the query string.
+  async function stream(path) {
+    const { reads_need_token } = await config;
+    const url = reads_need_token ? path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token()) : path;
     return new EventSource(url);
   }
 
@@ -79,7 +84,11 @@ const Console = (() => {
   function showConnection(source) {
     const pill = document.getElementById("connection");
     source.addEventListener("open", () => { pill.textContent = "live"; pill.className = "pill live"; });
-    source.addEventListener("error", () => { pill.textContent = "reconnecting…"; pill.className = "pill down"; });
+    source.addEventListener("error", () => {
+      // The browser retries a dropped stream by itself, but not one the server refused.
+      pill.textContent = source.readyState === EventSource.CLOSED ? "refused (token?) — reload" : "reconnecting…";
+      pill.className = "pill down";
+    });
   }
 
   function bindSettings() {
@@ -94,5 +103,5 @@ const Console = (() => {
 
   document.addEventListener("DOMContentLoaded", bindSettings);
 
-  return { el, api, stream, ago, fmt, runLink, syncClock, showConnection, token, annotator };
+  return { el, api, stream, config, ago, fmt, runLink, syncClock, showConnection, token, annotator };
 })();

@@ -1,15 +1,15 @@
 "use strict";
 // The run page: the timeline as it grows, annotations beside actions, the context gauge,
 // interventions, branching and the branch tree.
-(() => {
-  const { el, api, stream, ago, fmt, runLink, syncClock, showConnection, annotator } = Console;
+(async () => {
+  const { el, api, stream, config, fmt, runLink, syncClock, showConnection, annotator } = Console;
   const runId = new URLSearchParams(location.search).get("id") || "";
   const LONG_CHARS = 1500, LONG_LINES = 20;
 
   const timeline = document.getElementById("timeline");
   const items = new Map();        // version -> element
   const actions = new Map();      // event_id -> action element
-  let head = 0, selected = null, config = { can_continue: false, model: "" };
+  let head = 0, selected = null;
 
   document.getElementById("run-title").textContent = runId;
   document.title = `apollo-es · ${runId}`;
@@ -245,20 +245,18 @@
   // -- start ------------------------------------------------------------------------------------
 
   if (!runId) { say("No run given: open a run from the runs page.", true); return; }
-  api("/api/config").then((c) => {
-    config = c;
-    document.getElementById("live-label").hidden = !config.can_continue;
-    document.getElementById("live-model").textContent = config.model || "the configured model";
-  }).catch(() => {});
+  const settings = await config;
+  document.getElementById("live-label").hidden = !settings.can_continue;
+  document.getElementById("live-model").textContent = settings.model || "the configured model";
 
-  const events = stream("/api/events/stream?run=" + encodeURIComponent(runId));
+  const events = await stream("/api/events/stream?run=" + encodeURIComponent(runId));
   showConnection(events);
   events.addEventListener("event", (message) => add(JSON.parse(message.data)));
   events.addEventListener("error", () => {
     // A refused stream (unknown run, no token off loopback) is not retried by the browser: say why.
     if (events.readyState === EventSource.CLOSED) api("/api/runs?tree=" + encodeURIComponent(runId)).catch((error) => say(error.message, true));
   });
-  const runs = stream("/api/runs/stream?tree=" + encodeURIComponent(runId));
+  const runs = await stream("/api/runs/stream?tree=" + encodeURIComponent(runId));
   runs.addEventListener("runs", (message) => onRuns(message, true));
   runs.addEventListener("changed", (message) => onRuns(message, false));
 })();

@@ -1,6 +1,6 @@
 "use strict";
 // The runs page: every run and branch, live, with filter and sort.
-(() => {
+(async () => {
   const { el, stream, ago, fmt, runLink, syncClock, showConnection } = Console;
   const runs = new Map();
   let sortKey = "last_event_at", descending = true;
@@ -68,7 +68,7 @@
   }
   for (const input of [filter, statusFilter, waitingOnly]) input.addEventListener("input", render);
 
-  const source = stream("/api/runs/stream");
+  const source = await stream("/api/runs/stream");
   showConnection(source);
   source.addEventListener("runs", (message) => {
     const data = JSON.parse(message.data);
