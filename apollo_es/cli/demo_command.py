@@ -48,3 +48,4 @@ def demo(out: str | None, as_json: bool) -> None:
     for name, path in report.paths.items():
         click.echo(f"{name:>13}: {path}")
     click.echo(f"\nnext: apollo-es tree demo-tune-classifier --db {report.paths['store']}")
+    click.echo(f"      apollo-es serve --db {report.paths['store']}   # the annotator console in a browser")

@@ -111,6 +111,7 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
     """The console over `store` (kept open by the caller for the app's lifetime)."""
     hub = EventHub(store, poll_interval=settings.poll_interval)
     continuations: dict[str, str] = {}  # branch id -> "running" | final status | "error: ..."
+    decided: dict[str, tuple[int, dict[str, Any]]] = {}  # run -> (log position, decisions)
     task_group: list[anyio.abc.TaskGroup] = []
 
     @contextlib.asynccontextmanager
@@ -250,9 +251,18 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
         run = run_param(request)
 
         def compute() -> dict[str, Any]:
+            # Every open page of a run asks after the same new event: compute once per log position.
+            position = store.last_position()
+            cached = decided.get(run)
+            if cached is not None and cached[0] == position:
+                return cached[1]
             events = store.read(run)
             decisions = decide(events, settings.rules, extra=annotations_for(store, events))
-            return {event_id: msgspec.to_builtins(d) for event_id, d in decisions.items()}
+            result = {event_id: msgspec.to_builtins(d) for event_id, d in decisions.items()}
+            if len(decided) >= 256:
+                decided.pop(next(iter(decided)))
+            decided[run] = (position, result)
+            return result
 
         return _json({"run": run, "decisions": await anyio.to_thread.run_sync(compute)})
 
