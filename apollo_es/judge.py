@@ -39,7 +39,7 @@ from apollo_es.errors import ApolloError
 from apollo_es.models import ModelClient, ModelError, ModelOutputError, ModelRequestError
 from apollo_es.store import EventStore, NewEvent, RecordedEvent
 from events import ActionJudged, AgentActed, RunFinished, RunStarted
-from projections.context import Context, Message, fold
+from projections.context import Context, Folder, Message, fold
 from projections.requests import render_request
 from projections.rules import observations_by_action
 from projections.summarization import transcript
@@ -157,18 +157,21 @@ def judge_context(
     item_chars: int = 8_000,
     max_output_tokens: int = 1024,
     sampling: dict[str, Any] | None = None,
+    before: Context | None = None,
 ) -> Context:
     """The judge request for the action at `events[index]`, as a one-message `Context`.
 
-    The recent context is what `fold` gives for the events before the action: the newest
-    messages that fit in `context_chars`. Each message, the action and each observation is
-    cut to `item_chars` (head and tail kept). Render it with `render_request`.
+    The recent context is what `fold` gives for the events before the action (pass it as
+    `before` when you fold incrementally): the newest messages that fit in `context_chars`.
+    Each message, the action and each observation is cut to `item_chars` (head and tail
+    kept). Render it with `render_request`.
     """
     recorded = events[index]
     action = recorded.event
     if not isinstance(action, AgentActed):
         raise ValueError(f"events[{index}] is a {recorded.kind}, not an AgentActed")
-    before = fold(events[:index])
+    if before is None:
+        before = fold(events[:index])
     run = before.run or RunStarted(task_id="", task="")
     if observations is None:
         observations = observations_by_action(events[: _observation_end(events, index)]).get(recorded.event_id, [])
@@ -388,6 +391,17 @@ class Judge:
         self._report = report
         queue = iter(work)
         total, done = len(work), 0
+        # The work is in event order per stream, so one incremental fold per stream gives
+        # every action's prefix context: linear in the run's length, not quadratic.
+        folders: dict[str, tuple[Folder, list[int]]] = {owner: (Folder(), [0]) for owner in lineages}
+
+        def context_for(item: _Work) -> Context:
+            folder, folded = folders[item.owner]
+            events = lineages[item.owner]
+            for recorded in events[folded[0] : item.index]:
+                folder.add(recorded)
+            folded[0] = max(folded[0], item.index)
+            return self._context(events, item.index, folder.context())
 
         def progress() -> None:
             if self.on_progress is not None:
@@ -404,7 +418,7 @@ class Judge:
                 item = next(queue, None)
                 if item is None:
                     return
-                await self._judge(item, lineages[item.owner], report)
+                await self._judge(item, context_for(item), report)
                 done += 1
                 progress()
 
@@ -420,9 +434,7 @@ class Judge:
     def _budget_spent(self) -> bool:
         return self.budget_tokens is not None and self._report.tokens >= self.budget_tokens
 
-    async def _judge(self, item: _Work, events: list[RecordedEvent], report: JudgeReport) -> None:
-        observations = self._observations[item.owner].get(item.action_id, [])
-        context = await anyio.to_thread.run_sync(self._context, events, item.index, observations)
+    async def _judge(self, item: _Work, context: Context, report: JudgeReport) -> None:
         problem = ""
         for attempt in range(1, self.max_attempts + 1):
             if attempt > 1 and (self._budget_spent() or report.stopped):
@@ -476,10 +488,11 @@ class Judge:
         finally:
             self.in_flight -= 1
 
-    def _context(self, events: list[RecordedEvent], index: int, observations: list[RecordedEvent]) -> Context:
+    def _context(self, events: list[RecordedEvent], index: int, before: Context) -> Context:
         return judge_context(
-            events, index, model=self.model, observations=observations, context_chars=self.context_chars, item_chars=self.item_chars,
-            max_output_tokens=self.max_output_tokens, sampling=self.sampling,
+            events, index, model=self.model, observations=self._observations[events[index].stream_id].get(events[index].event_id, []),
+            context_chars=self.context_chars, item_chars=self.item_chars, max_output_tokens=self.max_output_tokens,
+            sampling=self.sampling, before=before,
         )
 
     async def _append(self, item: _Work, verdict: ActionJudged) -> None:

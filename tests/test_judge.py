@@ -218,6 +218,30 @@ def test_the_request_holds_the_task_the_folded_context_the_action_and_its_observ
     assert len(actions) == 2
 
 
+def test_every_request_equals_the_context_folded_from_scratch(store):
+    """The judge folds each stream once, incrementally; its requests must be what a fresh fold gives."""
+    make_run(store, "run-1", 6, finish=False)
+    store.append("run-1", [HumanIntervened(annotator="ana", kind="guidance", message="try the other data")], actor="human:ana")
+    make_run(store, "run-2", 3)
+    child = store.branch("run-1", 9, actor="human:ben")
+    call = ToolCall(id="b1", name="run_command", arguments={"command": "branch-step"})
+    [acted] = store.append(child, [AgentActed(model="agent", text="on the branch", tool_calls=[call])], actor="agent")
+    store.append(child, [NewEvent(event=ToolObserved(tool_call_id="b1", output="done"), causation_id=acted.event_id)])
+    model = Model()
+    _, judge = judge_run(store, model, concurrency=3)
+
+    expected = {}
+    for stream_id in ("run-1", "run-2", child):
+        events = store.read(stream_id)
+        for index, recorded in enumerate(events):
+            if isinstance(recorded.event, AgentActed) and recorded.stream_id == stream_id:
+                expected[recorded.event_id] = render_request(judge_context(
+                    events, index, model=MODEL, sampling=judge.sampling, max_output_tokens=judge.max_output_tokens), "openai")
+    assert len(model.bodies) == len(expected) == 10
+    sent = sorted(json.dumps(b, sort_keys=True) for b in model.bodies)
+    assert sent == sorted(json.dumps(b, sort_keys=True) for b in expected.values())
+
+
 def test_judge_context_keeps_the_newest_messages_within_its_budget(store):
     make_run(store, "run-1", 30)
     events = store.read("run-1")
