@@ -7,7 +7,8 @@ killed resumes exactly where the log ends:
 - `AgentActed` is appended with `expected_version` = the version the request was built
   from. If a person intervened while the model was thinking, the append fails, the answer is
   dropped and the model is asked again with the new context. So the context recorded for an
-  action (its `context_digest`) is always exactly what the model saw.
+  action (its `context_digest`) is always exactly what the model saw. Events that do not
+  change the request (a verdict, a reject or approve) do not cost the answer.
 - An action whose observation was never recorded (the process died while the tool ran) is
   handled one way: read-only tools (and finish) are run again; tools with side effects are
   not, and get an error observation saying the result was lost, so the agent checks for
@@ -123,11 +124,8 @@ class Agent:
             except ModelError as exc:
                 log.error("model call failed for %s: %s", self.stream_id, exc)
                 return self._finish("failed", error=str(exc))
-            try:
-                [acted] = self.store.append(
-                    self.stream_id, [_acted(response, digest(request))], expected_version=context.version, actor="agent"
-                )
-            except ConcurrencyError:
+            acted = self._record_action(context, request, response)
+            if acted is None:
                 log.info("%s changed while the model was answering; asking again", self.stream_id)
                 continue
             self._report(acted)
@@ -238,6 +236,25 @@ class Agent:
         return finished
 
     # -- helpers ---------------------------------------------------------------------
+
+    def _record_action(self, context: Context, request: dict, response: ModelResponse) -> RecordedEvent | None:
+        """Append the answer if the request it answers is still what the log says the model sees.
+
+        Events that change nothing the model sees (a judge's verdict, a person's reject or
+        approve) may land while it thinks; the answer still fits and is kept. A human message
+        changes the request: the answer is dropped (None) and the model is asked again.
+        """
+        request_digest = digest(request)
+        expected = context.version
+        while True:
+            try:
+                [acted] = self.store.append(self.stream_id, [_acted(response, request_digest)], expected_version=expected, actor="agent")
+                return acted
+            except ConcurrencyError:
+                now = self._fold()
+                if now.finished is not None or digest(render_request(now)) != request_digest:
+                    return None
+                expected = now.version
 
     def _fold(self) -> Context:
         return fold(self.store.read(self.stream_id))

@@ -1,4 +1,4 @@
-"""What an annotator writes into a run: guidance, a stop, a reject.
+"""What an annotator writes into a run: guidance, a stop, a reject or an approval.
 
 The CLI (`intervene`, `stop`) and the web console both call `intervene`, so a message sent
 from either writes exactly the same event after exactly the same checks.
@@ -15,7 +15,9 @@ from projections.context import fold
 
 __all__ = ["InterventionError", "intervene"]
 
-Kind = Literal["guidance", "stop", "reject"]
+Kind = Literal["guidance", "stop", "reject", "approve"]
+ON_ACTIONS = ("reject", "approve")
+"""Kinds that judge one action for training; they may come after the run ended."""
 
 
 class InterventionError(ApolloError):
@@ -32,14 +34,14 @@ def intervene(
     seen_version: int | None = None,
     target: int | None = None,
 ) -> RecordedEvent:
-    """Record a person's guidance, stop or reject on `run_id` and return the recorded event.
+    """Record a person's guidance, stop, reject or approval on `run_id`; returns the event.
 
     `seen_version` is the version the annotator was looking at (default: the head), so an
-    auditor can tell what they knew. A reject names the action (`target` version) it rejects
-    and is linked to it through `causation_id`, which finds it from any branch.
+    auditor can tell what they knew. A reject or an approval names the action (`target`
+    version) it judges and is linked to it through `causation_id`, which finds it from any branch.
     """
-    if kind not in ("guidance", "stop", "reject"):
-        raise InterventionError(f"unknown intervention kind {kind!r}: use guidance, stop or reject")
+    if kind not in ("guidance", "stop", *ON_ACTIONS):
+        raise InterventionError(f"unknown intervention kind {kind!r}: use guidance, stop, reject or approve")
     if not message.strip():
         raise InterventionError("the message is empty")
     if not annotator.strip():
@@ -47,18 +49,18 @@ def intervene(
     recorded = store.read(run_id)  # StreamNotFound for an unknown run
     head = recorded[-1].version
     finished = fold(recorded).finished
-    if finished is not None and kind != "reject":
+    if finished is not None and kind not in ON_ACTIONS:
         raise InterventionError(f"run {run_id} already ended ({finished.status}); branch it to steer it: apollo-es branch {run_id} --at V")
     target_event_id = None
-    if kind == "reject":
+    if kind in ON_ACTIONS:
         if target is None:
-            raise InterventionError("a reject needs the version of the action it rejects (--target VERSION)")
+            raise InterventionError(f"a {kind} needs the version of the action it judges (--target VERSION)")
         action = store.event(run_id, target)
         if not isinstance(action.event, AgentActed):
             raise InterventionError(f"version {target} of {run_id} is a {action.kind}, not an AgentActed")
         target_event_id = action.event_id
     elif target is not None:
-        raise InterventionError("a target version only goes with a reject")
+        raise InterventionError("a target version only goes with a reject or an approve")
     if seen_version is not None and not 1 <= seen_version <= head:
         raise InterventionError(f"the seen version {seen_version} is outside versions 1..{head}")
     event = HumanIntervened(annotator=annotator, kind=kind, message=message, seen_version=seen_version or head, target_event_id=target_event_id)

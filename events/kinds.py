@@ -95,8 +95,12 @@ class ToolObserved(_Event):
 
 
 class HumanIntervened(_Event):
+    """A person's word. `guidance` and `stop` are messages to the agent; `reject` and
+    `approve` judge the action named by `target_event_id` for training (masked, or kept
+    whatever rules and judges say) and are never shown to the agent."""
+
     annotator: str
-    kind: Literal["guidance", "stop", "reject"]
+    kind: Literal["guidance", "stop", "reject", "approve"]
     message: str = ""
     seen_version: int | None = None
     target_event_id: str | None = None

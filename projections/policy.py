@@ -5,8 +5,10 @@ calls `decide` and masks the actions it returns with `keep=False`. Nothing in th
 rewritten: change the rule set (and so its fingerprint) and the same events decide anew.
 
 Precedence, from strongest:
-1. A person: an action a human rejected is masked (the `human_rejected` rule), even when the
-   policy ignores rule hits (`rules = "ignore"`) or a judge said keep.
+1. A person: the latest word of a person on an action decides. A reject masks it (the
+   `human_rejected` rule), even when the policy ignores rule hits (`rules = "ignore"`) or a
+   judge said keep; an approve keeps it, and the rule hits and verdicts that would have
+   masked it are listed as overruled.
 2. Rule hits of enabled rules mask the action (unless `rules = "ignore"`).
 3. Verdicts of the judges the policy counts (`judge_ids`): `mask`, or a score below
    `min_score`, masks; a judge error does what `judge_error` says.
@@ -102,6 +104,11 @@ def decide(
     for hit in hits:
         hits_by_action.setdefault(hit.action_event_id, []).append(hit)
     verdicts = verdicts_by_action(combined, ruleset)
+    last_word = {
+        r.event.target_event_id: r.event
+        for r in sorted(combined, key=lambda r: r.position)
+        if isinstance(r.event, HumanIntervened) and r.event.kind in ("reject", "approve") and r.event.target_event_id
+    }
 
     decisions: dict[str, Decision] = {}
     for action in combined:
@@ -118,6 +125,9 @@ def decide(
             reasons.append(_judge_reason(recorded.event, ruleset))
         if not judged and policy.unjudged == "mask":
             reasons.append(Reason(source="policy", name="unjudged", detail="no verdict from a counted judge", masks=True))
+        word = last_word.get(action.event_id)
+        if word is not None and word.kind == "approve":
+            reasons = [_approval(word), *(_overruled(r, word) if r.masks else r for r in reasons)]
         decisions[action.event_id] = Decision(
             keep=not any(r.masks for r in reasons),
             reasons=tuple(reasons),
@@ -125,6 +135,15 @@ def decide(
             stream_id=action.stream_id,
         )
     return decisions
+
+
+def _approval(word: HumanIntervened) -> Reason:
+    message = f": {word.message}" if word.message.strip() else ""
+    return Reason(source="human", name="approved", detail=f"approved by {word.annotator}{message}", masks=False)
+
+
+def _overruled(reason: Reason, word: HumanIntervened) -> Reason:
+    return msgspec.structs.replace(reason, masks=False, detail=f"{reason.detail} [overruled: approved by {word.annotator}]")
 
 
 def _judge_reason(verdict: ActionJudged, ruleset: RuleSet) -> Reason:

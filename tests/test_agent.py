@@ -8,11 +8,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from apollo_es import EventStore
+from apollo_es import EventStore, NewEvent
 from apollo_es.agent import Agent
 from apollo_es.tasks import Task, prepare_workspace, run_started
 from apollo_es.workspace import Workspace
-from events import AgentActed, ContextSummarized, HumanIntervened, RunFinished, ToolObserved
+from events import ActionJudged, AgentActed, ContextSummarized, HumanIntervened, RunFinished, ToolObserved
 from projections.context import HUMAN_TAG, fold
 from projections.requests import digest, render_request
 from tests.scripted import ScriptedAnthropic, text_reply, texts, tool_use
@@ -109,6 +109,25 @@ def test_guidance_written_while_a_tool_runs_follows_the_tool_result(tmp_path):
     last = server.requests[1]["messages"][-1]["content"]
     assert [block["type"] for block in last] == ["tool_result", "text"]
     assert "Check the edge cases." in last[1]["text"]
+
+
+def test_a_verdict_or_reject_written_during_a_model_call_does_not_cost_the_answer(tmp_path):
+    store = EventStore(tmp_path / "a.db")
+    workspace = start(store, tmp_path)
+
+    def annotate() -> None:
+        [first] = [e for e in store.read("run-1") if isinstance(e.event, AgentActed)]
+        verdict = ActionJudged(target_event_id=first.event_id, verdict="keep", judge_id="j@v1", score=0.9)
+        store.append("run-1", [NewEvent(event=verdict, causation_id=first.event_id)], actor="judge:j@v1")
+        store.append("run-1", [HumanIntervened(annotator="ana", kind="approve", target_event_id=first.event_id)], actor="human:ana")
+
+    server = ScriptedAnthropic([tool_use("think", {"thought": "a"}), tool_use("finish", {"answer": "done"})], hooks={2: annotate})
+    assert run_agent(store, server, workspace).status == "finished"
+    assert len(server.requests) == 2  # the second answer was kept, not asked for again
+    kinds = [e.kind for e in store.read("run-1")]
+    assert kinds == ["RunStarted", "AgentActed", "ToolObserved", "ActionJudged", "HumanIntervened", "AgentActed", "ToolObserved", "RunFinished"]
+    second = store.read("run-1")[5]
+    assert second.event.context_digest == digest(render_request(fold(store.read("run-1", up_to=5))))
 
 
 def test_stop_ends_the_run_as_stopped(tmp_path):

@@ -102,14 +102,16 @@ def test_guidance_from_the_console_is_the_event_the_cli_writes(store, tmp_path):
     assert from_console.event == from_cli.event == HumanIntervened(annotator="ana", kind="guidance", message="Re-run the tests first.", seen_version=5)
 
 
-def test_stop_and_reject_from_the_console(store):
+def test_stop_reject_and_approve_from_the_console(store):
     with ConsoleServer(store) as server:
+        approve = httpx.post(f"{server.url}/api/interventions", headers=AUTH,
+                             json={"run": "run-1", "kind": "approve", "target": 6, "message": "fine", "annotator": "cy"})
         reject = httpx.post(f"{server.url}/api/interventions", headers=AUTH,
                             json={"run": "run-1", "kind": "reject", "target": 4, "message": "pointless", "annotator": "ana"})
         stop = httpx.post(f"{server.url}/api/interventions", headers=AUTH,
                           json={"run": "run-1", "kind": "stop", "message": "drifting", "annotator": "ben"})
         decisions = httpx.get(f"{server.url}/api/annotations", params={"run": "run-1"}).json()["decisions"]
-    assert (reject.status_code, stop.status_code) == (201, 201)
+    assert (approve.status_code, reject.status_code, stop.status_code) == (201, 201, 201)
     events = store.read("run-1")
     rejected = events[3]
     assert events[-2].event.target_event_id == rejected.event_id and events[-2].causation_id == rejected.event_id
@@ -117,6 +119,8 @@ def test_stop_and_reject_from_the_console(store):
     assert decisions[rejected.event_id]["keep"] is False
     assert [r["name"] for r in decisions[rejected.event_id]["reasons"]] == ["human_rejected"]
     assert all(d["keep"] for eid, d in decisions.items() if eid != rejected.event_id)
+    approved = events[5]
+    assert decisions[approved.event_id]["reasons"][0]["detail"] == "approved by cy: fine"
 
 
 @pytest.mark.parametrize(

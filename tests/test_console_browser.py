@@ -113,6 +113,13 @@ def test_annotator_watches_a_live_run_guides_it_and_branches_it(tmp_path, page):
             playwright.expect(page.locator("#gauge-label")).to_contain_text("step 3")
             shot(page, "2-run-guided.png")
 
+            # Approve an action for training; the decision shows beside it.
+            page.locator("article[data-version='4'] button.select").click()
+            page.fill("#step-message", "Checking the rendering is a fine step.")
+            page.click("#approve-step")
+            playwright.expect(page.locator("#message")).to_contain_text("approve of v4 recorded as v9")
+            playwright.expect(page.locator("article[data-version='4'] .annotations")).to_contain_text("approved by ana")
+
             # Branch from the first action with other guidance; the branch shows in the tree.
             page.locator("article[data-version='2'] button.select").click()
             page.fill("#step-message", "Read the task again before listing files.")

@@ -22,6 +22,7 @@ from events import (
     ToolObserved,
     ToolSpec,
 )
+from projections.context import fold
 from projections.policy import annotations_for, decide
 from projections.rules import RULES, RULES_VERSION, RuleSet, RuleSetError, observations_by_action
 
@@ -430,6 +431,26 @@ def test_decide_combines_rules_verdicts_and_people(store, run):
     decisions = decide(run.events, ignoring)
     assert {a for a, d in decisions.items() if not d.keep} == {rejected}  # a person's word still counts
     assert decisions[error].reasons[0].masks is False
+
+
+def test_a_persons_latest_word_decides_approve_overrules_rules_and_judges(store, run):
+    error = run.act(CMD, observe=None)
+    run.observe("c1", "x", cause=error, is_error=True)
+    verdict(store, "run-1", error, "mask", 0.1)
+    changed_mind = run.act(("run_command", {"command": "c"}))
+    run.human("approve", "the error is expected here", target=error)
+    run.human("approve", "", target=changed_mind)
+    run.human("reject", "on second thought, no", target=changed_mind)
+    decisions = decide(run.events, RuleSet.default())
+
+    assert decisions[error].keep
+    assert [(r.source, r.name, r.masks) for r in decisions[error].reasons] == [
+        ("human", "approved", False), ("rule", "error_observation", False), ("judge", "m@judge-v1", False)]
+    assert decisions[error].reasons[0].detail == "approved by ana: the error is expected here"
+    assert decisions[error].reasons[1].detail.endswith("[overruled: approved by ana]")
+    assert not decisions[changed_mind].keep  # the reject came last
+    # approve is an annotation, never a message to the agent
+    assert "the error is expected here" not in str(fold(run.events).messages)
 
 
 def test_decide_counts_only_the_listed_judges(store, run):

@@ -156,7 +156,7 @@ def test_resume_errors(tmp_path, recording, finished):
         (["stop", "r1"], "run r1 already ended (finished)"),
         (["intervene", "nope", "-m", "hi"], "no stream 'nope'"),
         (["intervene", "r1", "-m", "   "], "the message is empty"),
-        (["intervene", "r1", "-m", "bad", "--kind", "reject"], "a reject needs the version of the action it rejects (--target VERSION)"),
+        (["intervene", "r1", "-m", "bad", "--kind", "reject"], "a reject needs the version of the action it judges (--target VERSION)"),
         (["intervene", "r1", "-m", "bad", "--kind", "reject", "--target", "1"], "version 1 of r1 is a RunStarted, not an AgentActed"),
         (["intervene", "r1", "-m", "bad", "--kind", "reject", "--target", "99"], "versions 1..6, not 99"),
     ],
@@ -171,7 +171,7 @@ def test_intervene_errors_write_nothing(finished, args, message):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--target", "1"], "a target version only goes with a reject"),
+        (["--target", "1"], "a target version only goes with a reject or an approve"),
         (["--seen", "7"], "the seen version 7 is outside versions 1..1"),
     ],
     ids=["target-without-reject", "seen-out-of-range"],

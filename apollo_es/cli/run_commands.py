@@ -163,15 +163,16 @@ def _annotator_option(fn):
 
 @click.command()
 @click.argument("run_id")
-@click.option("-m", "--message", required=True, help="What to tell the agent (or why you stop or reject).")
-@click.option("--kind", type=click.Choice(["guidance", "stop", "reject"]), default="guidance", show_default=True)
-@click.option("--target", type=int, help="For reject: the version of the action you reject.")
+@click.option("-m", "--message", required=True, help="What to tell the agent (or why you stop, reject or approve).")
+@click.option("--kind", type=click.Choice(["guidance", "stop", "reject", "approve"]), default="guidance", show_default=True,
+              help="reject: mask the --target action from training; approve: keep it whatever rules and judges say.")
+@click.option("--target", type=int, help="For reject and approve: the version of the action.")
 @click.option("--seen", "seen_version", type=int, help="The version you were looking at (default: the run's head).")
 @_annotator_option
 @with_store
 @json_option
 def intervene(store: EventStore, run_id, message, kind, target, seen_version, annotator, as_json):
-    """Send guidance to a live run (it reaches the agent's next model request), stop it, or reject an action.
+    """Send guidance to a live run (it reaches the agent's next model request), stop it, or reject or approve an action for training.
 
     Example:
 

@@ -83,7 +83,7 @@ class ConsoleSettings(msgspec.Struct, kw_only=True):
 
 class _Intervention(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     run: str
-    kind: Literal["guidance", "stop", "reject"]
+    kind: Literal["guidance", "stop", "reject", "approve"]
     message: str
     annotator: str
     seen_version: int | None = None

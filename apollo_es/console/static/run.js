@@ -208,6 +208,7 @@
     document.getElementById("branch-here").disabled = false;
     document.getElementById("branch-here").textContent = `Branch from v${e.version}`;
     document.getElementById("reject-step").disabled = e.kind !== "AgentActed";
+    document.getElementById("approve-step").disabled = e.kind !== "AgentActed";
   }
 
   async function branchHere() {
@@ -225,22 +226,24 @@
     } catch (error) { say(`No branch — ${error.message}`, true); }
   }
 
-  async function reject() {
+  // Reject masks the selected action from training; approve keeps it whatever rules and judges say.
+  async function judge(kind) {
     const name = who();
     if (!name || !selected) return;
     const box = document.getElementById("step-message");
-    if (!box.value.trim()) { say("Say why the action is wrong.", true); return; }
+    if (!box.value.trim()) { say(kind === "reject" ? "Say why the action is wrong." : "Say why the action is fine.", true); return; }
     try {
-      const result = await api("/api/interventions", { method: "POST", body: { run: runId, kind: "reject", target: selected.version, message: box.value, annotator: name, seen_version: head || null } });
+      const result = await api("/api/interventions", { method: "POST", body: { run: runId, kind, target: selected.version, message: box.value, annotator: name, seen_version: head || null } });
       box.value = "";
-      say(`reject of v${selected.version} recorded as v${result.version}`);
+      say(`${kind} of v${selected.version} recorded as v${result.version}`);
     } catch (error) { say(`Not recorded — ${error.message}`, true); }
   }
 
   document.getElementById("send-guidance").addEventListener("click", () => send("guidance"));
   document.getElementById("stop-run").addEventListener("click", () => send("stop"));
   document.getElementById("branch-here").addEventListener("click", branchHere);
-  document.getElementById("reject-step").addEventListener("click", reject);
+  document.getElementById("reject-step").addEventListener("click", () => judge("reject"));
+  document.getElementById("approve-step").addEventListener("click", () => judge("approve"));
 
   // -- start ------------------------------------------------------------------------------------
 
