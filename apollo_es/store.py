@@ -15,6 +15,7 @@ How it keeps its contract (DESIGN §5):
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import re
 import sqlite3
@@ -53,6 +54,7 @@ _COLUMNS = (
     "position, stream_id, version, event_id, kind, schema, recorded_at, actor, causation_id, payload, prev_hash, hash"
 )
 _SQLITE_MAX_PARAMS = 900
+_MAX_ROWS_PER_INSERT = 64  # 8 parameters a row: under the 999 that older SQLite builds allow
 
 
 class ExpectedVersion(enum.Enum):
@@ -152,22 +154,74 @@ def chain_hash(prev_hash: str, header: Sequence[Any], payload: bytes) -> str:
     recorded_at, actor, causation_id]`; the payload's UTF-8 bytes follow a newline as stored
     (hashing them directly, not re-encoded inside the array, keeps appends fast).
     """
-    return hashlib.sha256(b"".join((prev_hash.encode(), _header_encoder.encode(header), b"\n", payload))).hexdigest()
+    digest = _EMPTY_SHA256.copy()  # copying a fresh hash skips OpenSSL's per-call setup
+    digest.update(prev_hash.encode())
+    digest.update(_header_encoder.encode(header))
+    digest.update(b"\n")
+    digest.update(payload)
+    return digest.hexdigest()
 
 
-def new_event_id() -> str:
-    """A UUIDv7: time-ordered, so new ids land at the end of the event-id index.
+def new_event_ids(count: int) -> list[str]:
+    """`count` UUIDv7s: time-ordered, so new ids land at the end of the event-id index.
 
     Random (v4) ids scatter inserts over the whole index and double the pages a batch dirties.
+    A batch shares one millisecond timestamp and one `os.urandom` call and is hex-encoded in
+    one go: made one at a time, an id cost more than hashing the event it names.
     """
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    text = f"{(value & _V7_CLEAR) | _V7_BITS:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    raw = bytearray(os.urandom(16 * count))  # 48-bit timestamp, then 74 random bits between the marks
+    for offset, byte in enumerate((time.time_ns() // 1_000_000).to_bytes(6, "big")):
+        raw[offset::16] = bytes((byte,)) * count
+    raw[6::16] = raw[6::16].translate(_V7_VERSION)
+    raw[8::16] = raw[8::16].translate(_V7_VARIANT)
+    text = raw.hex()
+    return [
+        f"{text[i:i + 8]}-{text[i + 8:i + 12]}-{text[i + 12:i + 16]}-{text[i + 16:i + 20]}-{text[i + 20:i + 32]}"
+        for i in range(0, 32 * count, 32)
+    ]
 
 
 _header_encoder = msgspec.json.Encoder()
-_V7_CLEAR = ~((0xF << 76) | (0x3 << 62))
-_V7_BITS = (0x7 << 76) | (0x2 << 62)
+_EMPTY_SHA256 = hashlib.sha256()
+_V7_VERSION = bytes(0x70 | byte & 0x0F for byte in range(256))  # byte 6: version 7 in the high nibble
+_V7_VARIANT = bytes(0x80 | byte & 0x3F for byte in range(256))  # byte 8: RFC 9562 variant bits 10
+
+
+@functools.lru_cache(maxsize=None)  # called with 1, 2, 4 ... 64 rows only
+def _insert_statement(rows: int, caused: bool) -> str:
+    """One INSERT of `rows` consecutive events of one stream.
+
+    A statement of many rows binds fewer parameters and steps once: a batch cost about 15%
+    less to insert than with `executemany` over one-row inserts. ?1 is the first row's
+    position, ?2 the stream, ?3 the first version, ?4 the first prev_hash; positions and
+    versions count up from there, and each later prev_hash is the previous row's hash
+    parameter. Each row then binds event_id, kind, schema, recorded_at, actor, causation_id
+    (only if `caused`: sqlite3 binds None through its adapter lookup, which costs about as
+    much as a small event's hash, so a chunk without causation ids gets a literal NULL),
+    payload and hash. The payload is bound as the encoder's UTF-8 bytes and cast to TEXT,
+    which is what the audit views' json_extract reads, and cheaper than a Python str of it.
+    """
+    per_row = 8 if caused else 7
+    values = []
+    for k in range(rows):
+        first = 5 + k * per_row  # the row's first parameter
+        causation = f"?{first + 5}" if caused else "NULL"
+        payload = first + per_row - 2
+        prev_hash = f"?{first - 1}" if k else "?4"
+        values.append(
+            f"(?1 + {k}, ?2, ?3 + {k}, ?{first}, ?{first + 1}, ?{first + 2}, ?{first + 3}, ?{first + 4}, "
+            f"{causation}, CAST(?{payload} AS TEXT), {prev_hash}, ?{payload + 1})"
+        )
+    return f"INSERT INTO events ({_COLUMNS}) VALUES {', '.join(values)}"
+
+
+def _insert_chunks(prepared: list[_Prepared]) -> Iterator[list[_Prepared]]:
+    """`prepared` in runs of 64 events, then of 32, 16 ... 1: few statements to compile and cache."""
+    start = 0
+    while start < len(prepared):
+        size = min(_MAX_ROWS_PER_INSERT, 1 << (len(prepared) - start).bit_length() - 1)
+        yield prepared[start : start + size]
+        start += size
 
 
 class EventStore:
@@ -204,11 +258,14 @@ class EventStore:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
         with self._translate_errors():
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            # Events are 1-4 KB: on 8 KB pages they share pages better than on the default 4 KB,
-            # while a one-event commit still writes small pages (16 KB made those slower).
-            # Takes effect only while the file is still empty, before WAL is switched on.
+            # Events are 1-4 KB: 16 KB pages hold several, so a batch writes fewer WAL frames and
+            # checkpoints fewer pages than on 4 or 8 KB pages, while the few pages every commit
+            # rewrites (index leaves, the last table leaf, their parents) stay small; 32 KB pages
+            # wrote more in all. Takes effect only while the file is still empty, before WAL.
             self._conn.execute("PRAGMA page_size = 16384")
-            self._conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages stay hot across appends
+            # 16 MiB holds the pages appends revisit and a long stream being re-read. A bigger
+            # cache only costs page faults while it fills (the first 64 MiB of appends, at 64 MiB).
+            self._conn.execute("PRAGMA cache_size = -16384")
             if self.path != ":memory:":
                 self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
@@ -266,7 +323,7 @@ class EventStore:
         """
         _check_stream_id(stream_id)
         _check_actor(actor)
-        prepared = [self._prepare(item, actor) for item in new_events]
+        prepared = self._prepare(new_events, actor)
         if not prepared:
             return []
         if len({p.event_id for p in prepared}) != len(prepared):
@@ -274,7 +331,8 @@ class EventStore:
         with self._transaction() as conn:
             # Only ids the caller chose can already be recorded; generated ones are new.
             known = self._existing(conn, stream_id, [p.event_id for p in prepared if p.chosen_id])
-            fresh = [p for p in prepared if p.event_id not in known]
+            fresh = [p for p in prepared if p.event_id not in known] if known else prepared
+            inserted: list[RecordedEvent] = []
             if fresh:
                 actual = self._head_or_zero(conn, stream_id)
                 exists = actual > 0
@@ -284,7 +342,10 @@ class EventStore:
                         "INSERT INTO streams (stream_id, parent_id, fork_version, created_at) VALUES (?, NULL, NULL, ?)",
                         (stream_id, utc_now()),
                     )
-                known.update({r.event_id: r for r in self._insert(conn, stream_id, actual, fresh)})
+                inserted = self._insert(conn, stream_id, actual, fresh)
+        if not known:  # the usual case: every event is new, and `inserted` is already in order
+            return inserted
+        known.update({r.event_id: r for r in inserted})
         return [known[p.event_id] for p in prepared]
 
     def branch(
@@ -305,7 +366,7 @@ class EventStore:
         after it in the same transaction: the branch never exists without them.
         """
         _check_actor(actor)
-        following = [self._prepare(item, actor) for item in then]
+        following = self._prepare(then, actor)
         with self._transaction() as conn:
             head = self._head_or_zero(conn, stream_id)
             if head == 0:
@@ -324,55 +385,69 @@ class EventStore:
                 (new_stream_id, stream_id, at_version, utc_now()),
             )
             marker = BranchCreated(parent_stream=stream_id, fork_version=at_version, reason=reason, created_by=actor)
-            prepared = [self._prepare(marker, actor), *following]
+            prepared = [*self._prepare([marker], actor), *following]
             if len({p.event_id for p in prepared}) != len(prepared):
                 raise errors.DuplicateEventError("the same event id appears twice in one branch")
             self._existing(conn, new_stream_id, [p.event_id for p in following if p.chosen_id])  # raises if recorded
             self._insert(conn, new_stream_id, at_version, prepared)
         return new_stream_id
 
-    def _prepare(self, item: Event | NewEvent, default_actor: str) -> _Prepared:
-        """Validate and encode one event before the transaction starts (no lock held)."""
-        if isinstance(item, NewEvent):
-            event, event_id, actor, causation_id, recorded_at = (
-                item.event, item.event_id, item.actor, item.causation_id, item.recorded_at
-            )
-            if actor is not None:
-                _check_actor(actor)
-            if event_id is not None and not (isinstance(event_id, str) and 0 < len(event_id) <= 200):
-                raise errors.InvalidEventError(f"event id must be 1 to 200 characters, got {event_id!r}")
-            for name, value in (("causation_id", causation_id), ("recorded_at", recorded_at)):
-                if value is not None and not isinstance(value, str):
-                    raise errors.InvalidEventError(f"{name} must be a string or None, got {value!r}")
-        else:
-            event, event_id, actor, causation_id, recorded_at = item, None, None, None, None
-        try:
-            payload, decoded = events.encode_checked(event)
-            kind = decoded.__class__.__name__
-        except events.EventError as exc:
-            raise errors.InvalidEventError(str(exc)) from exc
-        if len(payload) > self.max_payload_bytes:
-            raise errors.PayloadTooLarge(
-                f"{kind} payload is {len(payload):,} bytes, over the limit of {self.max_payload_bytes:,}"
-            )
-        return _Prepared(
-            event_id or new_event_id(), kind, events.CURRENT_SCHEMA[kind], recorded_at,
-            actor or default_actor, causation_id, payload, decoded, event_id is not None,
-        )
+    def _prepare(self, items: Iterable[Event | NewEvent], default_actor: str) -> list[_Prepared]:
+        """Validate and encode events before the transaction starts (no lock held)."""
+        items = list(items)
+        prepared = []
+        # One generated id per event, made in one go; an event with a chosen id leaves its one unused.
+        for item, generated_id in zip(items, new_event_ids(len(items))):
+            if isinstance(item, NewEvent):
+                event, event_id, actor, causation_id, recorded_at = (
+                    item.event, item.event_id, item.actor, item.causation_id, item.recorded_at
+                )
+                if actor is not None:
+                    _check_actor(actor)
+                if event_id is not None and not (isinstance(event_id, str) and 0 < len(event_id) <= 200):
+                    raise errors.InvalidEventError(f"event id must be 1 to 200 characters, got {event_id!r}")
+                for name, value in (("causation_id", causation_id), ("recorded_at", recorded_at)):
+                    if value is not None and not isinstance(value, str):
+                        raise errors.InvalidEventError(f"{name} must be a string or None, got {value!r}")
+            else:
+                event, event_id, actor, causation_id, recorded_at = item, None, None, None, None
+            try:
+                payload, decoded = events.encode_checked(event)
+                kind = decoded.__class__.__name__
+            except events.EventError as exc:
+                raise errors.InvalidEventError(str(exc)) from exc
+            if len(payload) > self.max_payload_bytes:
+                raise errors.PayloadTooLarge(
+                    f"{kind} payload is {len(payload):,} bytes, over the limit of {self.max_payload_bytes:,}"
+                )
+            prepared.append(_Prepared(
+                event_id or generated_id, kind, events.CURRENT_SCHEMA[kind], recorded_at,
+                actor or default_actor, causation_id, payload, decoded, event_id is not None,
+            ))
+        return prepared
 
     def _insert(self, conn: sqlite3.Connection, stream_id: str, head: int, prepared: list[_Prepared]) -> list[RecordedEvent]:
         last = conn.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone()
         position, prev_hash = last if last else (0, GENESIS_HASH)
         now = utc_now()
-        rows, recorded = [], []
-        for version, p in enumerate(prepared, head + 1):
-            position += 1
-            header = (position, stream_id, version, p.event_id, p.kind, p.schema, p.recorded_at or now, p.actor, p.causation_id)
-            digest = chain_hash(prev_hash, header, p.payload)
-            rows.append((*header, p.payload.decode(), prev_hash, digest))
-            recorded.append(RecordedEvent(*header, p.event, prev_hash, digest))
-            prev_hash = digest
-        conn.executemany(f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join('?' * 12)})", rows)
+        recorded: list[RecordedEvent] = []
+        version = head
+        for chunk in _insert_chunks(prepared):
+            caused = any(p.causation_id is not None for p in chunk)
+            params = [position + 1, stream_id, version + 1, prev_hash]  # see _insert_statement
+            for p in chunk:
+                position += 1
+                version += 1
+                recorded_at = p.recorded_at or now
+                header = (position, stream_id, version, p.event_id, p.kind, p.schema, recorded_at, p.actor, p.causation_id)
+                digest = chain_hash(prev_hash, header, p.payload)
+                if caused:
+                    params += (p.event_id, p.kind, p.schema, recorded_at, p.actor, p.causation_id, p.payload, digest)
+                else:
+                    params += (p.event_id, p.kind, p.schema, recorded_at, p.actor, p.payload, digest)
+                recorded.append(RecordedEvent(*header, p.event, prev_hash, digest))
+                prev_hash = digest
+            conn.execute(_insert_statement(len(chunk), caused), params)
         return recorded
 
     def _existing(self, conn: sqlite3.Connection, stream_id: str, event_ids: list[str]) -> dict[str, RecordedEvent]:

@@ -12,6 +12,7 @@ from events.upcasting import CURRENT_SCHEMA, upcast
 
 _encoder = msgspec.json.Encoder()
 _decoders = {kind: msgspec.json.Decoder(cls) for kind, cls in KINDS.items()}
+_decoders_by_type = {cls: _decoders[kind] for kind, cls in KINDS.items()}  # encode_checked: one lookup per event
 _generic = msgspec.json.Decoder()
 
 
@@ -36,12 +37,12 @@ def encode_checked(event: Event) -> tuple[bytes, Event]:
     store catches it at append time, where the caller can still fix it, and the decoded copy
     is exactly what a later read returns (and shares nothing mutable with the caller's).
     """
-    kind = kind_of(event)
+    decoder = _decoders_by_type.get(type(event)) or _decoders[kind_of(event)]  # kind_of raises for a non-event
     try:
         data = _encoder.encode(event)
-        return data, _decoders[kind].decode(data)
+        return data, decoder.decode(data)
     except (msgspec.ValidationError, TypeError, UnicodeEncodeError) as exc:
-        raise InvalidEventError(f"invalid {kind}: {exc}") from exc
+        raise InvalidEventError(f"invalid {type(event).__name__}: {exc}") from exc
 
 
 def decode(kind: str, schema: int, payload: bytes | str) -> Event:

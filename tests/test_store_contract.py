@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 import anyio
@@ -127,6 +128,51 @@ def test_recorded_hash_matches_row(store: EventStore) -> None:
     row = store.connection.execute("SELECT * FROM events WHERE position = 1").fetchone()
     assert row_hash(GENESIS_HASH, row[:10]) == r.hash == row[11]
     assert row[10] == GENESIS_HASH
+
+
+def test_generated_ids_are_uuid7s_in_time_order(store: EventStore) -> None:
+    before_ms = time.time_ns() // 1_000_000
+    first = store.append("run-1", make_events(300))
+    time.sleep(0.002)
+    second = store.append("run-1", make_events(5))
+    after_ms = time.time_ns() // 1_000_000
+    parsed = [uuid.UUID(r.event_id) for r in first + second]
+    assert all(str(u) == r.event_id for u, r in zip(parsed, first + second))
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
+    assert all(before_ms <= u.int >> 80 <= after_ms for u in parsed)
+    assert len(set(parsed)) == len(parsed)
+    assert max(u.int for u in parsed[:300]) < min(u.int for u in parsed[300:])  # later batches sort after
+
+
+def test_big_batch_with_custom_envelopes_lands_as_returned(store: EventStore) -> None:
+    """A batch is inserted many rows per statement: envelope fields set on any event (either side
+    of a statement's boundary) land as given, every row chains to the one before it, and each
+    payload is stored as the event's encoded text."""
+    custom = {0, 63, 64, 95, 96, 99, 100, 149}
+    batch = [
+        NewEvent(event=e, event_id=f"evt-{i}", actor="human:ann", causation_id=f"cause-{i}",
+                 recorded_at=f"2024-01-02T03:04:{i % 60:02d}.000000Z") if i in custom else e
+        for i, e in enumerate(make_events(150))
+    ]
+    store.append("run-0", make_events(3))
+    recorded = store.append("run-1", batch, actor="agent")
+
+    assert store.read("run-1") == recorded
+    assert [(r.position, r.version) for r in recorded] == [(4 + i, 1 + i) for i in range(150)]
+    for i, r in enumerate(recorded):
+        if i in custom:
+            assert (r.event_id, r.actor, r.causation_id, r.recorded_at[:16]) == (f"evt-{i}", "human:ann", f"cause-{i}", "2024-01-02T03:04")
+        else:
+            assert (r.actor, r.causation_id) == ("agent", None)
+    rows = store.connection.execute(
+        "SELECT prev_hash, causation_id, typeof(payload), CAST(payload AS BLOB) FROM events WHERE stream_id = 'run-1' ORDER BY position"
+    ).fetchall()
+    previous = store.read("run-0")[-1].hash
+    for (prev_hash, causation_id, payload_type, payload), r, item in zip(rows, recorded, batch):
+        event = item.event if isinstance(item, NewEvent) else item
+        assert (prev_hash, causation_id, payload_type, payload) == (previous, r.causation_id, "text", events.encode(event))
+        previous = r.hash
+    assert store.verify().ok
 
 
 # -- expected version -----------------------------------------------------------------------
