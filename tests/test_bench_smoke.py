@@ -63,3 +63,10 @@ def test_replay_and_projection_benchmarks_smoke(tmp_path: Path) -> None:
         assert set(rows) == keys, script
         for row in rows.values():
             assert row["baseline"] > 0 and row["ours"] > 0 and isinstance(row["passed"], bool)
+
+
+def test_console_benchmark_smoke(tmp_path: Path) -> None:
+    rows = {row["key"]: row for row in run_smoke("console.py", tmp_path)["rows"]}
+    assert set(rows) == {"startup", "live_update"}
+    assert all(row["baseline"] > 0 and row["ours"] > 0 for row in rows.values())
+    assert rows["startup"]["passed"] is None and isinstance(rows["live_update"]["passed"], bool)

@@ -78,8 +78,11 @@ class _Entry:
             status = context.finished.status
         else:
             status = "stopping" if context.stopped else "open"
-        last_seen = max((m.version for m in context.messages if m.role == "assistant"), default=0)
-        waiting = sum(m.source == "human" and m.version > last_seen for m in context.messages) + len(context.held_back)
+        waiting = len(context.held_back)
+        for message in reversed(context.messages):  # back to the agent's last turn: a few messages
+            if message.role == "assistant":
+                break
+            waiting += message.source == "human"
         task = run.task if run else ""
         return RunSummary(
             stream_id=self.stream_id,

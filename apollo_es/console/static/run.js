@@ -93,16 +93,31 @@
     return item;
   }
 
+  // Events are put on the page once per frame, however many arrive: a long run's backlog
+  // then costs one layout, not one per event.
+  const incoming = [];
   function add(e) {
-    if (items.has(e.version)) return;
-    const item = render(e);
-    items.set(e.version, item);
+    incoming.push(e);
+    if (incoming.length === 1) requestAnimationFrame(flush);
+  }
+
+  function flush() {
     const stick = window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
-    timeline.append(item);
-    head = Math.max(head, e.version);
+    const fragment = document.createDocumentFragment();
+    let last = null, annotate = false;
+    for (const e of incoming.splice(0)) {
+      if (items.has(e.version)) continue;
+      last = render(e);
+      items.set(e.version, last);
+      fragment.append(last);
+      head = Math.max(head, e.version);
+      annotate = annotate || ["AgentActed", "ActionJudged", "HumanIntervened"].includes(e.kind);
+    }
+    if (!last) return;
+    timeline.append(fragment);
     document.getElementById("seen-note").textContent = `You are looking at v${head}; what you send is recorded as seen there.`;
-    if (stick) item.scrollIntoView({ block: "end" });
-    if (["AgentActed", "ActionJudged", "HumanIntervened"].includes(e.kind)) refreshAnnotations();
+    if (stick) last.scrollIntoView({ block: "end" });
+    if (annotate) refreshAnnotations();
   }
 
   // -- annotations beside actions -----------------------------------------------------------
@@ -134,6 +149,13 @@
     const status = document.getElementById("run-status");
     status.textContent = run.status;
     status.className = `status ${run.status}`;
+    // An ended run takes no more messages (the server would refuse them): branch it instead.
+    const ended = !["open", "stopping"].includes(run.status);
+    document.getElementById("send-guidance").disabled = ended;
+    document.getElementById("stop-run").disabled = ended;
+    document.getElementById("guidance").placeholder = ended
+      ? "This run has ended: select a step and branch from it to steer it."
+      : "Guidance for the agent's next step…";
     const share = run.summary_threshold ? Math.min(1, run.tokens / run.summary_threshold) : 0;
     const fill = document.getElementById("gauge-fill");
     fill.style.width = `${Math.round(share * 100)}%`;

@@ -68,6 +68,14 @@
   }
   for (const input of [filter, statusFilter, waitingOnly]) input.addEventListener("input", render);
 
+  // Live updates redraw the table at most once per frame, however many rows change.
+  let pending = false;
+  function scheduleRender() {
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(() => { pending = false; render(); });
+  }
+
   const source = await stream("/api/runs/stream");
   showConnection(source);
   source.addEventListener("runs", (message) => {
@@ -75,13 +83,13 @@
     syncClock(data.server_time);
     runs.clear();
     for (const run of data.runs) runs.set(run.stream_id, run);
-    render();
+    scheduleRender();
   });
   source.addEventListener("changed", (message) => {
     const data = JSON.parse(message.data);
     syncClock(data.server_time);
     for (const run of data.runs) runs.set(run.stream_id, run);
-    render();
+    scheduleRender();
   });
   setInterval(() => {
     for (const cell of document.querySelectorAll("td.ago")) cell.textContent = ago(cell.dataset.at);
