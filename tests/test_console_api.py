@@ -342,6 +342,10 @@ def test_serve_refuses_another_address_without_a_token(tmp_path, store):
     refused = runner.invoke(cli, ["serve", "--db", db, "--host", "0.0.0.0"], env={"APOLLO_ES_TOKEN": ""})
     short = runner.invoke(cli, ["serve", "--db", db], env={"APOLLO_ES_TOKEN": "short"})
     missing = runner.invoke(cli, ["serve", "--db", str(tmp_path / "typo.db")])
+    no_key = runner.invoke(cli, ["serve", "--db", db, "--model", "claude-x"], env={"ANTHROPIC_API_KEY": None})
+    no_recording = runner.invoke(cli, ["serve", "--db", db, "--provider", "recorded"])
+    assert no_key.exit_code == 1 and "no Anthropic API key" in no_key.output
+    assert no_recording.exit_code == 1 and "--provider recorded needs --recording FILE" in no_recording.output
     assert refused.exit_code == 1 and "refusing to listen on 0.0.0.0 without a token" in refused.output
     assert short.exit_code == 1 and "APOLLO_ES_TOKEN is too short" in short.output
     assert missing.exit_code == 1 and "no store at" in missing.output

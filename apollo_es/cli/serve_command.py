@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import secrets
@@ -61,9 +62,7 @@ def serve(host, port, model, provider, base_url, recording, task_file, workspace
     token = token or secrets.token_urlsafe(24)
     factory = None
     if model or provider == "recorded":
-        def factory():
-            return make_model_client(provider or "anthropic", model or "recorded", base_url, recording)
-
+        factory = functools.partial(make_model_client, provider or "anthropic", model or "recorded", base_url, recording)
         anyio.run(factory().aclose)  # a missing API key or recording fails now, not at the first branch
     rules = RuleSet.load(rules_file) if rules_file else RuleSet.default()
     with open_store(db_path) as store:
