@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from apollo_es.errors import ApolloError
+from apollo_es.errors import ApolloError, ConcurrencyError
 from apollo_es.store import EventStore, NewEvent, RecordedEvent
 from events import AgentActed, HumanIntervened
 from projections.context import fold
@@ -17,6 +17,8 @@ __all__ = ["InterventionError", "intervene"]
 
 Kind = Literal["guidance", "stop", "reject", "approve"]
 ON_ACTIONS = ("reject", "approve")
+ATTEMPTS = 5
+"""Tries to write at the head of a busy run before giving up with ConcurrencyError."""
 """Kinds that judge one action for training; they may come after the run ended."""
 
 
@@ -46,6 +48,18 @@ def intervene(
         raise InterventionError("the message is empty")
     if not annotator.strip():
         raise InterventionError("the annotator's name is empty")
+    # Checked and written at one version: a RunFinished landing in between makes the append
+    # fail, and the checks run again on the run as it is now.
+    for _ in range(ATTEMPTS - 1):
+        try:
+            return _intervene_once(store, run_id, kind, message, annotator, seen_version, target)
+        except ConcurrencyError:
+            continue
+    return _intervene_once(store, run_id, kind, message, annotator, seen_version, target)
+
+
+def _intervene_once(store: EventStore, run_id: str, kind: Kind, message: str, annotator: str,
+                    seen_version: int | None, target: int | None) -> RecordedEvent:
     recorded = store.read(run_id)  # StreamNotFound for an unknown run
     head = recorded[-1].version
     finished = fold(recorded).finished
@@ -64,5 +78,6 @@ def intervene(
     if seen_version is not None and not 1 <= seen_version <= head:
         raise InterventionError(f"the seen version {seen_version} is outside versions 1..{head}")
     event = HumanIntervened(annotator=annotator, kind=kind, message=message, seen_version=seen_version or head, target_event_id=target_event_id)
-    [written] = store.append(run_id, [NewEvent(event=event, causation_id=target_event_id)], actor=f"human:{annotator}")
+    [written] = store.append(run_id, [NewEvent(event=event, causation_id=target_event_id)], expected_version=head,
+                             actor=f"human:{annotator}")
     return written

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from apollo_es import EventStore
 from apollo_es.cli import cli
+from apollo_es.console.app import _safe_dirname
 from apollo_es.console.hub import EventHub
 from apollo_es.console.runs import RunsIndex
 from events import AgentActed, HumanIntervened, RunFinished, RunStarted, ToolCall, ToolObserved
@@ -138,7 +139,8 @@ def test_stop_reject_and_approve_from_the_console(store):
         ("/api/interventions", {"run": "run-1", "kind": "reject", "target": 1, "message": "hi", "annotator": "ana"}, 400, "not an AgentActed"),
         ("/api/interventions", {"run": "run-1", "kind": "guidance", "message": "x" * 300_000, "annotator": "ana"}, 413, "request body over"),
         ("/api/branches", {"run": "run-1", "at": 99, "message": "b", "annotator": "ana"}, 400, "99"),
-        ("/api/branches", {"run": "run-1", "at": 0, "message": "b", "annotator": "ana"}, 400, ""),
+        ("/api/branches", {"run": "run-1", "at": 0, "message": "b", "annotator": "ana"}, 400, "at version 0: it has versions 1..7"),
+        ("/api/interventions", {"run": "run-1", "kind": "guidance", "message": "hi", "annotator": "ana   "}, 400, "invalid annotator name"),
         ("/api/branches", {"run": "nope", "at": 1, "message": "b", "annotator": "ana"}, 404, "no stream 'nope'"),
         ("/api/branches", {"run": "run-1", "at": 2, "message": "b", "annotator": "ana", "name": "bad name!"}, 400, "invalid stream id"),
         ("/api/branches", {"run": "run-1", "at": 2, "message": "b", "annotator": "ana", "name": "run-1"}, 409, "run-1"),
@@ -170,42 +172,61 @@ def test_reads_are_open_on_loopback_but_need_the_token_off_it(store):
         by_query = httpx.get(f"{server.url}/api/events", params={"run": "run-1", "token": TOKEN})
         page = httpx.get(f"{server.url}/")
         config = httpx.get(f"{server.url}/api/config").json()
+        no_session = httpx.post(f"{server.url}/api/session")
+        with httpx.Client(base_url=server.url) as browser:
+            session = browser.post("/api/session", headers=AUTH)
+            by_cookie = browser.get("/api/events", params={"run": "run-1"})
+            write_by_cookie = browser.post("/api/interventions", json={"run": "run-1", "kind": "stop", "message": "x", "annotator": "ana"})
+        forged = httpx.get(f"{server.url}/api/runs", cookies={"apollo_es_read": "made-up"})
     assert config["reads_need_token"] is True and config["can_continue"] is False
-    assert refused.status_code == 401
-    assert by_header.status_code == 200 and by_query.status_code == 200
-    assert page.status_code == 200  # the page itself holds no data
+    assert refused.status_code == 401 and by_query.status_code == 401  # the token never rides in a URL
+    assert by_header.status_code == 200 and page.status_code == 200  # the page itself holds no data
+    assert no_session.status_code == 401 and session.status_code == 200
+    cookie = session.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    assert by_cookie.status_code == 200 and len(by_cookie.json()["events"]) == 7
+    assert write_by_cookie.status_code == 401 and forged.status_code == 401
+    assert store.head("run-1") == 7
 
 
 def test_a_foreign_host_name_is_refused_on_loopback(store):
-    with ConsoleServer(store) as server:
+    with ConsoleServer(store, hosts=frozenset({"127.0.0.1", "localhost", "::1", "127.0.0.2"})) as server:
         rebound = httpx.get(f"{server.url}/api/runs", headers={"Host": "evil.example:8765"})
         local = httpx.get(f"{server.url}/api/runs", headers={"Host": f"localhost:{server.port}"})
-    assert rebound.status_code == 421 and local.status_code == 200
+        bound = httpx.get(f"{server.url}/api/runs", headers={"Host": f"127.0.0.2:{server.port}"})
+    assert rebound.status_code == 421 and local.status_code == 200 and bound.status_code == 200
 
 
 def test_pages_forbid_inline_scripts(store):
     with ConsoleServer(store) as server:
         page = httpx.get(f"{server.url}/run", params={"id": "run-1"})
-        script = httpx.get(f"{server.url}/static/run.js")
+        scripts = [httpx.get(f"{server.url}/static/{name}") for name in ("common.js", "runs.js", "run.js")]
     policy = page.headers["content-security-policy"]
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy
     assert page.headers["x-content-type-options"] == "nosniff"
-    assert script.status_code == 200 and "innerHTML" not in script.text
+    for script in scripts:  # agent output only ever goes in as text
+        assert script.status_code == 200 and "innerHTML" not in script.text and "insertAdjacentHTML" not in script.text
 
 
 def test_unknown_run_streams_404(store):
     with ConsoleServer(store) as server:
         response = httpx.get(f"{server.url}/api/events/stream", params={"run": "nope"})
         bad = httpx.get(f"{server.url}/api/events/stream", params={"run": "run-1", "after": "-1"})
+        superscript = httpx.get(f"{server.url}/api/events/stream", params={"run": "run-1", "after": "²"})
     assert response.status_code == 404 and "no stream 'nope'" in response.json()["error"]
-    assert bad.status_code == 400
+    assert bad.status_code == 400 and superscript.status_code == 400
 
 
 # -- live streams -----------------------------------------------------------------------------
 
 
 async def _view(url: str, last_version: int, received: list[int], headers: dict | None = None) -> None:
-    """One page viewer: read the run's event stream until `last_version` arrives."""
+    """One page viewer: read the run's event stream until `last_version` arrives (or fail after 30 s)."""
+    with anyio.fail_after(30):
+        await _read_stream(url, last_version, received, headers)
+
+
+async def _read_stream(url: str, last_version: int, received: list[int], headers: dict | None) -> None:
     async with httpx.AsyncClient(timeout=httpx.Timeout(60)) as client:
         async with client.stream("GET", f"{url}/api/events/stream", params={"run": "run-1"}, headers=headers or {}) as response:
             assert response.status_code == 200
@@ -249,11 +270,39 @@ def test_twenty_viewers_each_receive_every_event_in_order(store):
         assert viewer == expected
 
 
-def test_a_reconnecting_viewer_resumes_after_its_last_event_id(store):
+def test_a_reconnecting_viewer_resumes_after_its_last_event_id_and_goes_on_live(store):
     received: list[int] = []
+
+    async def main(url: str) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_view, url, 9, received, {"Last-Event-ID": "4"})
+            await anyio.sleep(0.3)
+            await anyio.to_thread.run_sync(lambda: store.append("run-1", step(4), actor="agent"))
+
     with ConsoleServer(store) as server:
-        anyio.run(_view, server.url, 7, received, {"Last-Event-ID": "4"})
-    assert received == [5, 6, 7]
+        anyio.run(main, server.url)
+    assert received == [5, 6, 7, 8, 9]
+
+
+def test_an_event_landing_between_backlog_and_live_is_not_lost(store):
+    """The stream subscribes to the hub before it reads the backlog, so nothing falls between."""
+    received: list[int] = []
+    read = store.read
+
+    def read_then_append(stream_id, up_to=None):
+        events = read(stream_id, up_to)
+        if stream_id == "run-1" and len(events) == 7:
+            store.append("run-1", step(4)[:1], actor="agent")  # lands right after the backlog was read
+            time.sleep(0.3)  # the hub publishes it before this stream would otherwise subscribe
+        return events
+
+    with ConsoleServer(store) as server:
+        store.read = read_then_append
+        try:
+            anyio.run(_view, server.url, 8, received)
+        finally:
+            del store.read
+    assert received == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 def test_the_runs_stream_sends_changed_rows(store):
@@ -316,7 +365,7 @@ def test_a_branch_continues_live_with_the_configured_model(tmp_path):
     for i in range(1, 3):
         store.append("run-1", step(i), actor="agent")
     script = ScriptedAnthropic([tool_use("think", {"thought": "new plan"}), tool_use("finish", {"answer": "done"})])
-    with ConsoleServer(store, model_client=script.client, model="claude-test", workspaces=tmp_path / "workspaces") as server:
+    with ConsoleServer(store, model_client=lambda provider: script.client(), model="claude-test", workspaces=tmp_path / "workspaces") as server:
         response = httpx.post(f"{server.url}/api/branches", headers=AUTH,
                               json={"run": "run-1", "at": 3, "message": "Try the other plan.", "annotator": "ana", "live": True})
         assert response.status_code == 201, response.text
@@ -329,7 +378,8 @@ def test_a_branch_continues_live_with_the_configured_model(tmp_path):
     assert live == {branch_id: "finished"}
     first = "\n".join(texts(script.requests[0]))
     assert "Try the other plan." in first and "noted 1" in first and "noted 2" not in first
-    assert (tmp_path / "workspaces" / branch_id.replace("~", "_")).is_dir()
+    assert [p.name for p in (tmp_path / "workspaces").iterdir()] == [_safe_dirname(branch_id)]
+    assert _safe_dirname("a/b") != _safe_dirname("a_b")
     store.close()
 
 
@@ -378,3 +428,25 @@ def test_serve_prints_a_url_with_a_fresh_token_and_serves(tmp_path, store):
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_guidance_racing_the_end_of_a_run_is_refused_not_written_after_it(store):
+    """The check and the write happen at one version: a RunFinished in between is seen."""
+    from apollo_es.interventions import InterventionError, intervene
+
+    read = store.read
+    finished = []
+
+    def read_then_finish(stream_id, up_to=None):
+        events = read(stream_id, up_to)
+        if not finished:
+            finished.append(store.append("run-1", [RunFinished(status="finished")], actor="agent"))
+        return events
+
+    store.read = read_then_finish
+    try:
+        with pytest.raises(InterventionError, match="already ended"):
+            intervene(store, "run-1", kind="guidance", message="hi", annotator="ana")
+    finally:
+        del store.read
+    assert isinstance(store.read("run-1")[-1].event, RunFinished)

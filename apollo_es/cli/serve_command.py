@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import os
 import secrets
@@ -15,6 +14,8 @@ import click
 from apollo_es.cli._common import db_option, open_store
 from apollo_es.cli.run_commands import make_model_client, model_options
 from apollo_es.console import ConsoleSettings, Server, create_app
+from apollo_es.console.app import LOOPBACK_HOSTS
+from apollo_es.models import ModelClient
 from apollo_es.tasks import load_task
 from projections.rules import RuleSet
 
@@ -60,14 +61,17 @@ def serve(host, port, model, provider, base_url, recording, task_file, workspace
         raise click.ClickException(f"refusing to listen on {host} without a token: set APOLLO_ES_TOKEN (at least {MIN_TOKEN_CHARS} characters)")
     printed_token = not token
     token = token or secrets.token_urlsafe(24)
-    factory = None
-    if model or provider == "recorded":
-        factory = functools.partial(make_model_client, provider or "anthropic", model or "recorded", base_url, recording)
-        anyio.run(factory().aclose)  # a missing API key or recording fails now, not at the first branch
+    def continuation_client(run_provider: str) -> ModelClient:  # like replay --continue: the run's own provider unless --provider
+        return make_model_client(provider or run_provider or "anthropic", model or "recorded", base_url, recording)
+
+    can_continue = bool(model) or provider == "recorded"
+    if can_continue:
+        anyio.run(continuation_client("").aclose)  # a missing API key or recording fails now, not at the first branch  # a missing API key or recording fails now, not at the first branch
     rules = RuleSet.load(rules_file) if rules_file else RuleSet.default()
     with open_store(db_path) as store:
         settings = ConsoleSettings(
-            token=token, open_reads=loopback, loopback_only=loopback, model_client=factory, model=model or "",
+            token=token, open_reads=loopback, loopback_only=loopback, hosts=frozenset({*LOOPBACK_HOSTS, host.lower()}),
+            model_client=continuation_client if can_continue else None, model=model or "",
             task=load_task(task_file) if task_file else None,
             workspaces=Path(workspaces) if workspaces else Path(db_path).resolve().parent / "workspaces", rules=rules,
         )

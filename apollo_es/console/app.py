@@ -13,9 +13,11 @@ in the path, because they may contain `/`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
 import secrets
+import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,7 +47,9 @@ __all__ = ["ConsoleSettings", "create_app"]
 log = logging.getLogger("apollo_es.console")
 
 STATIC = Path(__file__).parent / "static"
-ANNOTATOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@ -]{0,63}")
+ANNOTATOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._@ -]{0,62}[A-Za-z0-9._@-])?")  # no trailing space: one name, one actor
+DIGITS = re.compile(r"[0-9]{1,18}")  # str.isdigit() also accepts "²", which int() refuses
+READ_COOKIE = "apollo_es_read"
 MAX_MESSAGE_CHARS = 20_000
 MAX_BODY_BYTES = 256 * 1024
 KEEPALIVE_SECONDS = 15.0
@@ -68,8 +72,10 @@ class ConsoleSettings(msgspec.Struct, kw_only=True):
     """Reads without the token: only when the server listens on loopback."""
     loopback_only: bool = True
     """Refuse requests whose Host is not a loopback name (a DNS-rebinding page cannot read runs)."""
-    model_client: Callable[[], ModelClient] | None = None
-    """Builds a client for continuing branches live; None: branches are only created."""
+    hosts: frozenset[str] = frozenset(LOOPBACK_HOSTS)
+    """The Host names answered when `loopback_only` (the loopback names and the bound address)."""
+    model_client: Callable[[str], ModelClient] | None = None
+    """Builds a client for continuing a branch live, given the run's own provider; None: branches are only created."""
     model: str = ""
     task: Task | None = None
     """The runs' task, to rebuild a branch's workspace at its fork before continuing it."""
@@ -112,6 +118,8 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
     hub = EventHub(store, poll_interval=settings.poll_interval)
     continuations: dict[str, str] = {}  # branch id -> "running" | final status | "error: ..."
     decided: dict[str, tuple[int, dict[str, Any]]] = {}  # run -> (log position, decisions)
+    decided_lock = threading.Lock()  # filled from worker threads
+    read_sessions: set[str] = set()  # cookie values that let a browser read off loopback
     task_group: list[anyio.abc.TaskGroup] = []
 
     @contextlib.asynccontextmanager
@@ -128,15 +136,18 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
     def authorize(request: Request, *, write: bool) -> None:
         if not write and settings.open_reads:
             return
+        if not write and request.cookies.get(READ_COOKIE, "") in read_sessions:
+            return  # EventSource cannot send headers; a page reads with the cookie /api/session gave it
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        if not token and not write:
-            token = request.query_params.get("token", "")  # EventSource cannot send headers; writes never take it from a URL
         if not token or not secrets.compare_digest(token.encode(), settings.token.encode()):
             what = "writing" if write else "reading"
             raise HTTPProblem(401, f"{what} needs the console token: send Authorization: Bearer TOKEN", {"WWW-Authenticate": "Bearer"})
 
     async def body(request: Request, kind: type[msgspec.Struct]) -> Any:
+        declared = request.headers.get("content-length", "0")
+        if DIGITS.fullmatch(declared) and int(declared) > MAX_BODY_BYTES:
+            raise HTTPProblem(413, f"request body over {MAX_BODY_BYTES} bytes")
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
             raise HTTPProblem(413, f"request body over {MAX_BODY_BYTES} bytes")
@@ -162,7 +173,7 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
 
     def version_param(request: Request, name: str, default: int = 0) -> int:
         value = request.query_params.get(name, str(default)) or str(default)
-        if not value.isdigit():
+        if not DIGITS.fullmatch(value):
             raise HTTPProblem(400, f"?{name}= must be a non-negative integer, not {value!r}")
         return int(value)
 
@@ -222,7 +233,7 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
         authorize(request, write=False)
         run = run_param(request)
         last_id = request.headers.get("last-event-id", "")
-        after = int(last_id) if last_id.isdigit() else version_param(request, "after")
+        after = int(last_id) if DIGITS.fullmatch(last_id) else version_param(request, "after")
         await anyio.to_thread.run_sync(store.head, run)  # unknown run: 404 before the stream starts
 
         async def events() -> AsyncIterator[bytes]:
@@ -253,15 +264,17 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
         def compute() -> dict[str, Any]:
             # Every open page of a run asks after the same new event: compute once per log position.
             position = store.last_position()
-            cached = decided.get(run)
+            with decided_lock:
+                cached = decided.get(run)
             if cached is not None and cached[0] == position:
                 return cached[1]
             events = store.read(run)
             decisions = decide(events, settings.rules, extra=annotations_for(store, events))
             result = {event_id: msgspec.to_builtins(d) for event_id, d in decisions.items()}
-            if len(decided) >= 256:
-                decided.pop(next(iter(decided)))
-            decided[run] = (position, result)
+            with decided_lock:
+                if len(decided) >= 256:
+                    decided.pop(next(iter(decided)))
+                decided[run] = (position, result)
             return result
 
         return _json({"run": run, "decisions": await anyio.to_thread.run_sync(compute)})
@@ -300,7 +313,8 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
         try:
             root = settings.workspaces / _safe_dirname(branch_id)
             workspace = await anyio.to_thread.run_sync(branch_workspace, store, parent, at, root, settings.task)
-            client = settings.model_client()
+            run = (await anyio.to_thread.run_sync(store.read, parent, 1))[0].event
+            client = settings.model_client(getattr(run, "provider", ""))
             continuations[branch_id] = "running"
             finished = await continue_branch(store, branch_id, client, Workspace(workspace))
             continuations[branch_id] = finished.status
@@ -309,7 +323,17 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
             continuations[branch_id] = f"error: {exc}"
         finally:
             if client is not None:
-                await client.aclose()
+                with anyio.CancelScope(shield=True):  # also when the server shuts down mid-run
+                    await client.aclose()
+
+    async def read_session(request: Request) -> Response:
+        """Trade the bearer token for a read cookie, so a page's event streams never carry the token."""
+        authorize(request, write=True)
+        session = secrets.token_urlsafe(24)
+        read_sessions.add(session)
+        response = _json({"reads": "cookie"})
+        response.set_cookie(READ_COOKIE, session, httponly=True, samesite="strict", path="/")
+        return response
 
     async def live_branches(request: Request) -> Response:
         authorize(request, write=False)
@@ -325,13 +349,14 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
         Route("/api/events/stream", run_events_stream),
         Route("/api/annotations", annotations),
         Route("/api/live", live_branches),
+        Route("/api/session", read_session, methods=["POST"]),
         Route("/api/interventions", post_intervention, methods=["POST"]),
         Route("/api/branches", post_branch, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPProblem: _problem, ApolloError: _apollo_problem})
     app.state.hub = hub
-    return _Guard(app, loopback_only=settings.loopback_only)
+    return _Guard(app, hosts=settings.hosts if settings.loopback_only else None)
 
 
 # -- responses ------------------------------------------------------------------------------
@@ -375,7 +400,8 @@ def _now() -> str:
 
 
 def _safe_dirname(stream_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", stream_id)
+    """A directory name for a stream id; the hash keeps `a/b` and `a_b` apart."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stream_id) + "-" + hashlib.sha256(stream_id.encode()).hexdigest()[:8]
 
 
 async def _problem(request: Request, exc: Exception) -> Response:
@@ -399,12 +425,12 @@ async def _apollo_problem(request: Request, exc: Exception) -> Response:
 class _Guard:
     """Adds the security headers to every response and, on loopback, rejects foreign Host names."""
 
-    def __init__(self, app: Starlette, *, loopback_only: bool) -> None:
-        self.app, self.loopback_only = app, loopback_only
+    def __init__(self, app: Starlette, *, hosts: frozenset[str] | None) -> None:
+        self.app, self.hosts = app, hosts
         self.state = app.state
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http" and self.loopback_only and _host(scope) not in LOOPBACK_HOSTS:
+        if scope["type"] == "http" and self.hosts is not None and _host(scope) not in self.hosts:
             response = JSONResponse({"error": "this console only answers to localhost / 127.0.0.1"}, status_code=421)
             await response(scope, receive, send)
             return

@@ -55,12 +55,16 @@ const Console = (() => {
   // What the server allows; fetched once, before any read.
   const config = fetch("/api/config").then((response) => response.json());
 
-  // EventSource cannot send headers: only when reads need the token (off loopback) does it
-  // ride in the query string.
+  // EventSource cannot send headers. Off loopback, where reads need the token, the page
+  // trades it once for a read-only HttpOnly cookie, so the token never appears in a URL.
+  let session = null;
   async function stream(path) {
     const { reads_need_token } = await config;
-    const url = reads_need_token ? path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token()) : path;
-    return new EventSource(url);
+    if (reads_need_token) {
+      session = session || fetch("/api/session", { method: "POST", headers: { "Authorization": "Bearer " + token() } });
+      await session;
+    }
+    return new EventSource(path);
   }
 
   let clockOffset = 0;  // server time minus this browser's, so "ago" is right on another machine

@@ -111,7 +111,7 @@
       items.set(e.version, last);
       fragment.append(last);
       head = Math.max(head, e.version);
-      annotate = annotate || ["AgentActed", "ActionJudged", "HumanIntervened"].includes(e.kind);
+      annotate = annotate || e.kind !== "BranchCreated";  // rules look at observations and endings too
     }
     if (!last) return;
     timeline.append(fragment);
@@ -273,6 +273,20 @@
   const settings = await config;
   document.getElementById("live-label").hidden = !settings.can_continue;
   document.getElementById("live-model").textContent = settings.model || "the configured model";
+  if (settings.can_continue) {
+    // A branch this server continues live: say how its agent is doing (errors only show here and in the server log).
+    const showLive = async () => {
+      const { branches } = await api("/api/live");
+      const state = branches[runId];
+      const line = document.getElementById("live-status");
+      line.hidden = !state;
+      if (!state) return;
+      line.textContent = `Continued live by this console: ${state}`;
+      line.className = state.startsWith("error") ? "message error" : "muted";
+    };
+    showLive().catch(() => {});
+    setInterval(() => showLive().catch(() => {}), 3000);
+  }
 
   const events = await stream("/api/events/stream?run=" + encodeURIComponent(runId));
   showConnection(events);
