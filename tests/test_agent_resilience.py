@@ -303,8 +303,11 @@ def test_a_crash_after_any_append_resumes_to_the_same_run(tmp_path):
 # -- 2. a person writes from another process while the run goes on ---------------------------
 
 
-def start_blocked_run(tmp_path: Path, task_file, after: list[tuple[str, dict]]):
-    """`apollo-es run` in a subprocess, held in its second step until `flags/wait.go` exists."""
+def run_blocked(tmp_path: Path, task_file, after: list[tuple[str, dict]], meanwhile: Callable[[Path], None]):
+    """`apollo-es run` in a subprocess, held in its second step while `meanwhile(db)` runs.
+
+    Returns the run's exit code, stdout, stderr and the store's path.
+    """
     flags = tmp_path / "flags"
     flags.mkdir()
     save_recording(tmp_path / "rec.jsonl", [
@@ -315,25 +318,29 @@ def start_blocked_run(tmp_path: Path, task_file, after: list[tuple[str, dict]]):
     db = tmp_path / "apollo.db"
     run = start_cli("run", task_file, "--model", "m", "--provider", "recorded", "--recording", "rec.jsonl",
                     "--run-id", "r", "--workspace", tmp_path / "ws", "--db", db, cwd=tmp_path)
-    return run, db, flags
-
-
-def test_guidance_from_another_process_reaches_the_next_request(tmp_path, task_file):
-    message = "Use the validation split, not the test split."
-    run, db, flags = start_blocked_run(tmp_path, task_file, [
-        ("think", {"thought": "following the guidance"}), ("finish", {"answer": "done"}),
-    ])
     try:
         wait_until((flags / "wait.started").exists, "the slow step", run)
-        sent = run_cli("intervene", "r", "-m", message, "--annotator", "ana", "--db", db, cwd=tmp_path)
-        assert sent.returncode == 0, sent.stderr
-        assert sent.stdout.strip() == "guidance recorded as r v5"
+        meanwhile(db)
         (flags / "wait.go").touch()
         out, err = run.communicate(timeout=TIMEOUT)
     finally:
         if run.poll() is None:
             run.kill()
-    assert run.returncode == 0, err
+    return run.returncode, out, err, db
+
+
+def test_guidance_from_another_process_reaches_the_next_request(tmp_path, task_file):
+    message = "Use the validation split, not the test split."
+
+    def intervene(db: Path) -> None:
+        sent = run_cli("intervene", "r", "-m", message, "--annotator", "ana", "--db", db, cwd=tmp_path)
+        assert sent.returncode == 0, sent.stderr
+        assert sent.stdout.strip() == "guidance recorded as r v5"
+
+    returncode, out, err, db = run_blocked(tmp_path, task_file, [
+        ("think", {"thought": "following the guidance"}), ("finish", {"answer": "done"}),
+    ], intervene)
+    assert returncode == 0, err
     assert "r: finished after 4 steps" in out
 
     with EventStore(db) as store:
@@ -355,19 +362,15 @@ def test_guidance_from_another_process_reaches_the_next_request(tmp_path, task_f
 
 
 def test_stop_from_another_process_ends_the_run_cleanly(tmp_path, task_file):
-    run, db, flags = start_blocked_run(tmp_path, task_file, [
-        ("think", {"thought": "never asked for"}), ("finish", {"answer": "never asked for"}),
-    ])
-    try:
-        wait_until((flags / "wait.started").exists, "the slow step", run)
+
+    def stop(db: Path) -> None:
         stopped = run_cli("stop", "r", "-m", "drifting", "--annotator", "ana", "--db", db, cwd=tmp_path)
         assert stopped.returncode == 0, stopped.stderr
-        (flags / "wait.go").touch()
-        out, err = run.communicate(timeout=TIMEOUT)
-    finally:
-        if run.poll() is None:
-            run.kill()
-    assert run.returncode == 0, err
+
+    returncode, out, err, db = run_blocked(tmp_path, task_file, [
+        ("think", {"thought": "never asked for"}), ("finish", {"answer": "never asked for"}),
+    ], stop)
+    assert returncode == 0, err
     assert "r: stopped after 2 steps" in out
 
     with EventStore(db) as store:
