@@ -254,10 +254,18 @@ def run_and_kill(script: Path, db: Path, start: int, batch: int, kill_after: int
     return reported
 
 
-@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])
-def test_sigkill_mid_append_loses_nothing_committed(tmp_path: Path, synchronous: str) -> None:
+@pytest.mark.parametrize(
+    "options",
+    [
+        "synchronous='NORMAL'",
+        "synchronous='FULL'",
+        # a background WAL checkpoint after every 16 KiB: the kill lands while one runs
+        "synchronous='NORMAL', checkpoint_every=16384",
+    ],
+)
+def test_sigkill_mid_append_loses_nothing_committed(tmp_path: Path, options: str) -> None:
     script = tmp_path / "writer.py"
-    script.write_text(WRITER.replace("EventStore(path)", f"EventStore(path, synchronous={synchronous!r})"))
+    script.write_text(WRITER.replace("EventStore(path)", f"EventStore(path, {options})"))
     db = tmp_path / "apollo.db"
     reported: list[tuple[int, str, str, int]] = []
     for round_, (batch, kill_after) in enumerate([(1, 40), (5, 150), (3, 90)]):
