@@ -34,7 +34,7 @@ import events
 from apollo_es import errors
 from apollo_es.errors import ConcurrencyError, StoreError, StreamNotFound
 from apollo_es.schema import SCHEMA_SQL, STORE_FORMAT
-from apollo_es.wal import DEFAULT_EVERY_BYTES, WalCheckpointer
+from apollo_es.wal import BACKSTOP_PAGES, DEFAULT_EVERY_BYTES, WalCheckpointer
 from events import BranchCreated, Event
 
 __all__ = [
@@ -86,8 +86,9 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     recorded_at: str | None = None
 
 
-class RecordedEvent(msgspec.Struct, frozen=True):
-    """One row of the log: the envelope and the decoded event."""
+class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
+    """One row of the log: the envelope and the decoded event (untracked by the cycle
+    collector, like the events: see `events.kinds._Event`)."""
 
     position: int
     stream_id: str
@@ -167,25 +168,23 @@ def new_event_ids(count: int) -> list[str]:
     """`count` UUIDv7s: time-ordered, so new ids land at the end of the event-id index.
 
     Random (v4) ids scatter inserts over the whole index and double the pages a batch dirties.
-    A batch shares one millisecond timestamp and one `os.urandom` call and is hex-encoded in
-    one go: made one at a time, an id cost more than hashing the event it names.
+    A batch shares one millisecond timestamp and one `os.urandom` call, hex-encoded in one go;
+    each id is then one f-string of slices: made one at a time, an id cost more than hashing
+    the event it names.
     """
-    raw = bytearray(os.urandom(16 * count))  # 48-bit timestamp, then 74 random bits between the marks
-    for offset, byte in enumerate((time.time_ns() // 1_000_000).to_bytes(6, "big")):
-        raw[offset::16] = bytes((byte,)) * count
-    raw[6::16] = raw[6::16].translate(_V7_VERSION)
-    raw[8::16] = raw[8::16].translate(_V7_VARIANT)
-    text = raw.hex()
+    millis = f"{time.time_ns() // 1_000_000:012x}"  # 48-bit timestamp
+    head = f"{millis[:8]}-{millis[8:]}-7"  # ... and the version nibble
+    text = os.urandom(16 * count).hex()  # 32 random hex digits per id, of which 19 are used
+    variant = _V7_VARIANT
     return [
-        f"{text[i:i + 8]}-{text[i + 8:i + 12]}-{text[i + 12:i + 16]}-{text[i + 16:i + 20]}-{text[i + 20:i + 32]}"
+        f"{head}{text[i:i + 3]}-{variant[text[i + 3]]}{text[i + 4:i + 7]}-{text[i + 7:i + 19]}"
         for i in range(0, 32 * count, 32)
     ]
 
 
 _header_encoder = msgspec.json.Encoder()
 _EMPTY_SHA256 = hashlib.sha256()
-_V7_VERSION = bytes(0x70 | byte & 0x0F for byte in range(256))  # byte 6: version 7 in the high nibble
-_V7_VARIANT = bytes(0x80 | byte & 0x3F for byte in range(256))  # byte 8: RFC 9562 variant bits 10
+_V7_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}  # RFC 9562 variant bits 10
 
 
 @functools.lru_cache(maxsize=None)  # called with 1, 2, 4 ... 64 rows only
@@ -284,6 +283,8 @@ class EventStore:
             self._conn.execute("PRAGMA temp_store = MEMORY")
             if self.path != ":memory:":
                 self._conn.execute("PRAGMA journal_mode = WAL")
+            if self._wal is not None and synchronous.upper() in {"OFF", "NORMAL"}:
+                self._conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
             self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
             self._create_schema()
 

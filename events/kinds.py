@@ -15,11 +15,17 @@ from typing import Any, Literal, Union
 import msgspec
 
 
-class _Event(msgspec.Struct, tag_field="type", tag=True, kw_only=True, forbid_unknown_fields=True):
-    """Base of every event kind; `type` is the tag and equals the envelope's `kind`."""
+class _Event(msgspec.Struct, tag_field="type", tag=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """Base of every event kind; `type` is the tag and equals the envelope's `kind`.
+
+    `gc=False` (here and on the structs events hold): events are plain data and never part
+    of a reference cycle, so the cycle collector need not track them. Reading a 2,500-event
+    run made the collector run ~15 times and took a fifth of the read's time; untracked, it
+    runs less than half as often (bench/store.py, read row).
+    """
 
 
-class ToolSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class ToolSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
     """A tool offered to the model, in provider-neutral form (JSON Schema for the input)."""
 
     name: str
@@ -27,7 +33,7 @@ class ToolSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     input_schema: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object", "properties": {}})
 
 
-class ToolCall(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class ToolCall(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
     """One tool call as the model emitted it.
 
     `raw_arguments` keeps the model's text when it was not a JSON object, so a malformed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import msgspec
@@ -287,3 +288,15 @@ def test_agent_acted_round_trips_any_text(text: str, tokens: int, latency: float
         latency_ms=latency,
     )
     assert events.decode("AgentActed", 2, events.encode(event)) == event
+
+
+def test_events_and_envelopes_are_not_tracked_by_the_cycle_collector() -> None:
+    """Reads make thousands of them; tracked, they made a fifth of a long read's time GC."""
+    with EventStore(":memory:") as store:
+        recorded = store.append("run-1", one_of_each_kind())
+        read = store.read("run-1")
+    for r in [*recorded, *read]:
+        assert not gc.is_tracked(r), r.kind
+        assert not gc.is_tracked(r.event), r.kind
+        for call in getattr(r.event, "tool_calls", []):
+            assert not gc.is_tracked(call)
