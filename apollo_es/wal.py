@@ -7,7 +7,8 @@ copy and two fsyncs: on this project's machines about 30 ms for a 16 MB WAL, aga
 for an ordinary 100-event commit, and a quarter of the time of a bulk append.
 
 `WalCheckpointer` runs `PRAGMA wal_checkpoint(PASSIVE)` on its own connection and thread
-once a few MB have been appended since the last one. SQLite releases the GIL while it
+once a few MB have gone into the WAL since the last one (the store counts each commit's
+payloads plus the few pages every commit rewrites, which dominate a one-event commit). SQLite releases the GIL while it
 copies and syncs, so the writer goes on preparing and inserting events meanwhile. A passive
 checkpoint never blocks a writer or a reader, and it is crash-safe whichever connection runs
 it, so durability is what it was.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from pathlib import Path
 
 __all__ = ["BACKSTOP_PAGES", "DEFAULT_EVERY_BYTES", "WalCheckpointer"]
 
@@ -39,16 +41,20 @@ _log = logging.getLogger(__name__)
 
 
 class WalCheckpointer:
-    """Checkpoints `path`'s WAL in the background after every `every_bytes` appended.
+    """Checkpoints `path`'s WAL in the background after every `every_bytes` written to it.
 
     The thread starts at the first checkpoint it is asked for, so a store that is only read,
-    or barely written, never starts one.
+    or barely written, never starts one. Like the store's connection, it does not survive
+    `fork()`: a child process opens its own store.
     """
 
     def __init__(self, path: str, *, synchronous: str, every_bytes: int = DEFAULT_EVERY_BYTES) -> None:
         if every_bytes <= 0:
             raise ValueError(f"every_bytes must be positive, not {every_bytes}")
         self.path = path
+        # Opened later, from another thread: by absolute path, and only if the file is still
+        # there (`mode=rw`), so a moved store never gets an empty twin at its old path.
+        self._uri = Path(path).resolve().as_uri() + "?mode=rw"
         self.synchronous = synchronous  # the checkpoint's fsyncs follow its own connection's setting
         self.every_bytes = every_bytes
         self.checkpoints = 0  # completed by the thread
@@ -60,7 +66,11 @@ class WalCheckpointer:
         self._thread: threading.Thread | None = None
 
     def wrote(self, nbytes: int) -> None:
-        """Count bytes just committed; ask for a checkpoint once enough have piled up."""
+        """Count bytes just written to the WAL; ask for a checkpoint once enough have piled up.
+
+        Called after a commit, so it never raises: without a thread (none can be started, as
+        at interpreter shutdown), SQLite's autocheckpoint does the work inline as it always did.
+        """
         with self._wanted:
             self._pending_bytes += nbytes
             if self._pending_bytes < self.every_bytes or self._closing:
@@ -68,8 +78,14 @@ class WalCheckpointer:
             self._pending_bytes = 0
             self._requested += 1
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=f"wal-checkpoint {self.path}", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name=f"wal-checkpoint {self.path}", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError as exc:
+                    _log.warning("no background WAL checkpoints for %s: %s", self.path, exc)
+                    self._done = self._requested
+                    return
+                self._thread = thread
             self._wanted.notify()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -78,7 +94,7 @@ class WalCheckpointer:
             return self._wanted.wait_for(lambda: self._done >= self._requested or self._thread is None, timeout)
 
     def close(self) -> None:
-        """Finish the checkpoint in progress, if any, and stop the thread."""
+        """Finish the checkpoints already asked for, if any, and stop the thread."""
         with self._wanted:
             self._closing = True
             self._wanted.notify_all()
@@ -88,7 +104,7 @@ class WalCheckpointer:
 
     def _run(self) -> None:
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(self._uri, uri=True, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:  # the writer's inline autocheckpoint still runs
             _log.warning("no background WAL checkpoints for %s: %s", self.path, exc)
             self._finish()
