@@ -247,9 +247,9 @@ class EventStore:
         synchronous: str = "NORMAL",
         checkpoint_every: int | None = DEFAULT_EVERY_BYTES,
     ) -> None:
-        """`checkpoint_every`: bytes of appended payload between WAL checkpoints run on a
-        background thread (see `apollo_es.wal`); None leaves them all to the commits that
-        cross SQLite's `wal_autocheckpoint`."""
+        """`checkpoint_every`: bytes written to the WAL (payloads, plus the pages every commit
+        rewrites) between checkpoints run on a background thread (see `apollo_es.wal`); None
+        leaves them all to the commits that cross SQLite's `wal_autocheckpoint`."""
         if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = str(path)
