@@ -18,7 +18,7 @@ the thread copies means the WAL is never fully copied at a moment when it could 
 and then the commit that crosses `wal_autocheckpoint` finishes the rest inline and lets the
 WAL start over. That commit still waits for two fsyncs (10-30 ms), so the store raises the
 threshold to `BACKSTOP_PAGES`: at 16 KB pages the WAL file then grows to about 64 MB before
-it restarts, instead of 16 MB, and a bulk append spends 7-12% less time (bench/store.py
+it restarts, instead of 16 MB, and a bulk append spends 6-13% less time (bench/store.py
 configurations compared in one process). The WAL file goes when the last connection closes.
 Not at synchronous=FULL or EXTRA: there every commit syncs the WAL, and while the file is
 still growing each of those syncs writes its new size too, so single-event appends ran at
