@@ -29,8 +29,9 @@ import msgspec
 
 from apollo_es.errors import ApolloError, ConcurrencyError
 from apollo_es.models import ModelClient, ModelError, ModelResponse
+from apollo_es.redaction import Redactor
 from apollo_es.store import EventStore, NewEvent, RecordedEvent
-from apollo_es.workspace import Observation, Workspace
+from apollo_es.tools import Observation, Workspace
 from events import AgentActed, BranchCreated, ContextSummarized, RunFinished, RunStarted, ToolCall, ToolObserved
 from projections.context import Context, estimate_tokens, fold, with_summary
 from projections.requests import digest, render_request
@@ -79,13 +80,19 @@ class Agent:
         *,
         summarizer: ModelClient | None = None,
         on_step: Callable[[StepReport], None] | None = None,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
+        """`redact` cleans every tool output and error before it is recorded; by default it
+        replaces the secrets of this process's environment and the clients' API keys."""
         self.store = store
         self.stream_id = stream_id
         self.client = client
         self.summarizer = summarizer or client
         self.workspace = workspace
         self.on_step = on_step
+        self.redact = redact or Redactor.from_environ(
+            extra={"model API key": getattr(client, "api_key", None), "summarizer API key": getattr(summarizer, "api_key", None)}
+        )
 
     async def run(self, *, resume: bool = False) -> RunFinished:
         """Step until the run finishes, is stopped, fails or exhausts a budget.
@@ -210,6 +217,7 @@ class Agent:
         return None
 
     def _observe(self, action_id: str, observed: ToolObserved) -> None:
+        observed = msgspec.structs.replace(observed, output=self.redact(observed.output))
         [recorded] = self.store.append(
             self.stream_id, [NewEvent(event=observed, causation_id=action_id)], actor="agent"
         )
@@ -230,7 +238,7 @@ class Agent:
     # -- ending ----------------------------------------------------------------------
 
     def _finish(self, status: str, error: str = "", answer: str = "", score: float | None = None) -> RunFinished:
-        finished = RunFinished(status=status, final_answer=answer, score=score, error=error)
+        finished = RunFinished(status=status, final_answer=answer, score=score, error=self.redact(error))
         [recorded] = self.store.append(self.stream_id, [finished], actor="agent")
         self._report(recorded)
         return finished

@@ -14,20 +14,32 @@
 
     [eval]
     command = "python3 eval.py"    # its last line's last number is the run's score
+
+    [sandbox]                      # where the agent's commands run (all optional)
+    kind = "bwrap"                 # or "none": unconfined on the host, recorded and warned about
+    network = false                # true for tasks that pip-install or download data
+    memory_mb = 8192               # address-space limit per process
+    max_processes = 512            # per sandbox (not enforced for root: the kernel exempts uid 0)
+    python = "agent"               # "system": only /usr's python, not the interpreter running apollo-es
+    read_only = ["/data/corpus"]   # host paths visible read-only at the same path
+    devices = ["/dev/nvidia*"]     # passed through, for GPU research tasks
+
+    [env]                          # the commands' own variables, on top of PATH, HOME, LANG, TERM
+    OMP_NUM_THREADS = "4"          # (no secrets: names like *_TOKEN are refused, and it is all recorded)
 """
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 
 import msgspec
 
 from apollo_es.errors import ApolloError
-from apollo_es.workspace import TOOL_SPECS
-from events import RunStarted, ToolSpec
+from apollo_es.redaction import is_secret_name
+from apollo_es.tools import TOOL_SPECS, Workspace, check_available
+from events import RunStarted, SandboxSpec, ToolSpec
 from projections.context import HUMAN_TAG
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "Task", "TaskError", "load_task", "prepare_workspace", "run_started"]
@@ -67,6 +79,8 @@ class Task(msgspec.Struct, forbid_unknown_fields=True):
     tags: list[str] = []
     workspace: WorkspaceSpec = msgspec.field(default_factory=WorkspaceSpec)
     eval: EvalSpec | None = None
+    sandbox: SandboxSpec = msgspec.field(default_factory=SandboxSpec)
+    """The file's `[sandbox]` table, with its top-level `[env]` table as `sandbox.env`."""
     source_dir: str = ""
     """Directory of the task file; workspace files are relative to it (set by load_task)."""
 
@@ -79,8 +93,14 @@ def load_task(path: str | Path) -> Task:
         raise TaskError(f"cannot read task file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise TaskError(f"{path} is not valid TOML: {exc}") from exc
+    env, sandbox = data.pop("env", {}), data.get("sandbox", {})
+    if not isinstance(env, dict) or not isinstance(sandbox, dict):
+        raise TaskError(f"{path}: [env] and [sandbox] must be tables")
+    secret = [name for name in env if is_secret_name(name)]
+    if secret:
+        raise TaskError(f"{path}: [env] {', '.join(secret)}: secrets do not go in task files (they are recorded in the run's log)")
     try:
-        task = msgspec.convert({**data, "source_dir": str(path.parent.resolve())}, Task)
+        task = msgspec.convert({**data, "sandbox": {**sandbox, "env": env}, "source_dir": str(path.parent.resolve())}, Task)
     except msgspec.ValidationError as exc:
         raise TaskError(f"{path}: {exc}") from exc
     if not task.description.strip():
@@ -93,9 +113,12 @@ def load_task(path: str | Path) -> Task:
 
 
 def prepare_workspace(task: Task, root: str | Path) -> Path:
-    """Copy the task's files into a new or empty workspace directory and run its setup."""
+    """Copy the task's files into a new or empty workspace directory and run its setup commands
+    in the task's sandbox (checked first, so a machine without one fails before anything is made)."""
+    if task.sandbox.kind != "none":
+        check_available()
     root = Path(root).resolve()
-    if root.exists() and any(p.name != ".apollo" for p in root.iterdir()):
+    if root.exists() and any(root.iterdir()):
         raise TaskError(f"workspace {root} is not empty; pick a new directory")
     root.mkdir(parents=True, exist_ok=True)
     for name in task.workspace.files:
@@ -105,10 +128,11 @@ def prepare_workspace(task: Task, root: str | Path) -> Path:
             shutil.copytree(source, target)
         else:
             shutil.copy2(source, target)
+    workspace = Workspace(root, sandbox=task.sandbox, max_timeout=3600)
     for command in task.workspace.setup:
-        result = subprocess.run(["bash", "-c", command], cwd=root, capture_output=True, text=True, timeout=3600)
-        if result.returncode != 0:
-            raise TaskError(f"setup command {command!r} failed with exit code {result.returncode}: {result.stderr[-2000:]}")
+        result = workspace.execute("run_command", {"command": command, "timeout": 3600})
+        if result.is_error:
+            raise TaskError(f"setup command {command!r} failed: {result.output[-2000:]}")
     return root
 
 
@@ -125,11 +149,13 @@ def run_started(task: Task, *, model: str, provider: str, workspace: Path, sampl
         summary_threshold=task.summary_threshold,
         context_limit=task.context_limit,
         max_output_tokens=task.max_output_tokens,
-        environment="apollo-es research workspace (ResearchGym-style tools)",
+        environment=f"apollo-es research workspace (ResearchGym-style tools), sandbox {task.sandbox.kind}"
+        + (", network on" if task.sandbox.network else ""),
         workspace=str(workspace),
         max_steps=task.max_steps,
         time_limit=task.time_limit,
         token_budget=task.token_budget,
         eval_command=task.eval.command if task.eval else "",
         tags=task.tags,
+        sandbox=task.sandbox,
     )

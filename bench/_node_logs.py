@@ -37,7 +37,7 @@ from typing import Any
 
 import msgspec
 
-from apollo_es.workspace import TOOL_SPECS
+from apollo_es.tools import TOOL_SPECS
 from bench._synthetic import _text
 from events import (
     AgentActed,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from events import AgentActed, ContextSummarized, Event, RunStarted, ToolCall, ToolObserved, ToolSpec, Usage
-from apollo_es.workspace import TOOL_SPECS
+from apollo_es.tools import TOOL_SPECS
 
 _WORDS = (
     "loss accuracy epoch checkpoint learning rate warmup batch size gradient norm tokenizer dataset "

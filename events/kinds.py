@@ -10,7 +10,7 @@ The payload of every stored event is its Struct encoded as JSON, tag included
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
@@ -53,6 +53,28 @@ class Usage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cache_write_tokens: int = 0
 
 
+class SandboxSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """Where the run's tool processes ran: a task's `[sandbox]` table and `[env]`, as recorded.
+
+    `kind = "none"` means unconfined on the host; auditors find it here. Memory and process
+    limits apply per sandbox; `None` leaves the kernel's defaults.
+    """
+
+    kind: Literal["bwrap", "none"] = "bwrap"
+    network: bool = False
+    memory_mb: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    max_processes: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    python: Literal["agent", "system"] = "agent"
+    """"agent": the interpreter running apollo-es (its packages too) is visible read-only and
+    first on PATH; "system": only the system's /usr."""
+    read_only: list[str] = msgspec.field(default_factory=list)
+    """Extra host paths visible read-only at the same path (datasets, model weights)."""
+    devices: list[str] = msgspec.field(default_factory=list)
+    """Device paths or globs passed through, e.g. "/dev/nvidia*" for GPU tasks."""
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    """The task's own environment variables, on top of the sandbox's allowlist."""
+
+
 class RunStarted(_Event):
     task_id: str
     task: str
@@ -74,6 +96,8 @@ class RunStarted(_Event):
     """Input plus output tokens over all model calls of the run."""
     eval_command: str = ""
     tags: list[str] = msgspec.field(default_factory=list)
+    sandbox: SandboxSpec | None = None
+    """How tool processes were confined; None on runs recorded before sandboxes (and imports)."""
 
 
 class AgentActed(_Event):

@@ -2,13 +2,14 @@
 
 from replay.branching import branch
 from replay.live import branch_workspace, continue_branch
-from replay.rerun import DEFAULT_NORMALIZATIONS, Divergence, RerunReport, rerun, restore_workspace
+from replay.rerun import DEFAULT_NORMALIZATIONS, Divergence, ImportedCommandsRefused, RerunReport, rerun, restore_workspace
 from replay.state import State, state_at
 from replay.verification import RunVerification, verify_run
 
 __all__ = [
     "DEFAULT_NORMALIZATIONS",
     "Divergence",
+    "ImportedCommandsRefused",
     "RerunReport",
     "RunVerification",
     "State",

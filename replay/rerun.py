@@ -4,6 +4,11 @@ The actions are the recording's (the responses a `RecordedClient` would serve); 
 run for real. `rerun` compares each new observation with the recorded one and stops at the
 first divergence; `restore_workspace` only executes, to rebuild the files of a run at a
 version (the state a branch continues from).
+
+Both run the recorded commands in the run's own sandbox (`RunStarted.sandbox`; the default
+one for runs that recorded none). A run imported from a file was written by another agent on
+another machine: re-executing it is running that file's code, so it is refused unless the
+caller says `allow_imported_commands=True`.
 """
 
 from __future__ import annotations
@@ -15,11 +20,16 @@ from pathlib import Path
 
 import msgspec
 
+from apollo_es.errors import ApolloError
 from apollo_es.store import EventStore, RecordedEvent
-from apollo_es.workspace import Observation, Workspace
+from apollo_es.tools import Observation, Workspace
 from events import AgentActed, RunStarted, ToolCall, ToolObserved
 
-__all__ = ["DEFAULT_NORMALIZATIONS", "Divergence", "RerunReport", "rerun", "restore_workspace"]
+__all__ = ["DEFAULT_NORMALIZATIONS", "Divergence", "ImportedCommandsRefused", "RerunReport", "refuse_imported", "rerun", "restore_workspace"]
+
+
+class ImportedCommandsRefused(ApolloError):
+    """Re-executing the recorded commands of an imported run, without being asked to."""
 
 DEFAULT_NORMALIZATIONS: tuple[tuple[str, str], ...] = (
     (r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?", "<time>"),
@@ -59,18 +69,19 @@ def rerun(
     normalizations: Sequence[tuple[str, str]] = DEFAULT_NORMALIZATIONS,
     skip_tools: Sequence[str] = DEFAULT_SKIP_TOOLS,
     up_to: int | None = None,
+    allow_imported_commands: bool = False,
 ) -> RerunReport:
     """Execute the recorded actions in `workspace` and compare every observation.
 
     Outputs are compared after the normalizations (regex, replacement) and after replacing
     both runs' workspace paths with `<workspace>`; exit codes exactly.
     """
-    root = Path(workspace).resolve()
     recorded = store.read(stream_id, up_to=up_to)
-    roots = [r for r in (_original_root(recorded), str(root)) if r]  # commands may name either
+    tools = _workspace(stream_id, recorded, workspace, allow_imported_commands)
+    roots = [r for r in (_original_root(recorded), str(tools.root), tools.sandbox.workdir) if r]  # commands may name any
     rules = [(re.compile(pattern), replacement) for pattern, replacement in normalizations]
     compared = executed = 0
-    for call, expected, actual in _replay(recorded, Workspace(root)):
+    for call, expected, actual in _replay(recorded, tools):
         executed += 1
         if call.name in skip_tools:
             continue
@@ -91,9 +102,29 @@ def rerun(
     return RerunReport(stream_id, True, compared, executed)
 
 
-def restore_workspace(store: EventStore, stream_id: str, workspace: str | Path, up_to: int) -> int:
+def restore_workspace(
+    store: EventStore, stream_id: str, workspace: str | Path, up_to: int, *, allow_imported_commands: bool = False
+) -> int:
     """Rebuild a run's files at `up_to` by executing its actions there; returns how many ran."""
-    return sum(1 for _ in _replay(store.read(stream_id, up_to=up_to), Workspace(Path(workspace).resolve())))
+    recorded = store.read(stream_id, up_to=up_to)
+    return sum(1 for _ in _replay(recorded, _workspace(stream_id, recorded, workspace, allow_imported_commands)))
+
+
+def refuse_imported(stream_id: str, first: RecordedEvent | None, allow_imported_commands: bool) -> None:
+    """ImportedCommandsRefused if the run starting with `first` was imported and that is not allowed."""
+    origin = first.actor if first is not None else ""
+    if origin.startswith("import:") and not allow_imported_commands:
+        raise ImportedCommandsRefused(
+            f"run {stream_id!r} was imported ({origin}): executing its recorded commands would run code from that "
+            "file. Pass --allow-imported-commands to run them anyway (in the sandbox), or continue without its files"
+        )
+
+
+def _workspace(stream_id: str, recorded: list[RecordedEvent], root: str | Path, allow_imported_commands: bool) -> Workspace:
+    """The run's own sandbox around `root`, once the run's origin allows executing its actions."""
+    refuse_imported(stream_id, recorded[0] if recorded else None, allow_imported_commands)
+    started = next((r.event for r in recorded if isinstance(r.event, RunStarted)), None)
+    return Workspace(Path(root).resolve(), sandbox=started.sandbox if started else None)
 
 
 def _replay(recorded: list[RecordedEvent], workspace: Workspace) -> Iterator[tuple[ToolCall, RecordedEvent, Observation]]:
@@ -114,8 +145,8 @@ def _replay(recorded: list[RecordedEvent], workspace: Workspace) -> Iterator[tup
 
 
 def _original_root(recorded: list[RecordedEvent]) -> str:
-    starts = [r.event for r in recorded if isinstance(r.event, RunStarted)]
-    return starts[0].workspace if starts else ""
+    started = next((r.event for r in recorded if isinstance(r.event, RunStarted)), None)
+    return started.workspace if started else ""
 
 
 def _normalize(text: str, roots: list[str], rules: list[tuple[re.Pattern[str], str]]) -> str:

@@ -23,7 +23,7 @@ from apollo_es import EventStore
 from apollo_es.agent import Agent
 from apollo_es.console import ConsoleSettings, Server, create_app
 from apollo_es.tasks import Task, prepare_workspace, run_started
-from apollo_es.workspace import Workspace
+from apollo_es.tools import Workspace
 from events import RunFinished
 from tests.scripted import ScriptedAnthropic
 

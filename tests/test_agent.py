@@ -11,8 +11,8 @@ import pytest
 from apollo_es import EventStore, NewEvent
 from apollo_es.agent import Agent
 from apollo_es.tasks import Task, prepare_workspace, run_started
-from apollo_es.workspace import Workspace
-from events import ActionJudged, AgentActed, ContextSummarized, HumanIntervened, RunFinished, ToolObserved
+from apollo_es.tools import Workspace
+from events import SandboxSpec, ActionJudged, AgentActed, ContextSummarized, HumanIntervened, RunFinished, ToolObserved
 from projections.context import HUMAN_TAG, fold
 from projections.requests import digest, render_request
 from tests.scripted import ScriptedAnthropic, text_reply, texts, tool_use
@@ -23,7 +23,7 @@ def start(store: EventStore, tmp_path: Path, run_id: str = "run-1", **task_field
     task = Task(**fields)
     root = prepare_workspace(task, tmp_path / f"ws-{run_id}")
     store.append(run_id, [run_started(task, model="claude-test", provider="anthropic", workspace=root)], actor="system")
-    return Workspace(root)
+    return Workspace(root, sandbox=task.sandbox)
 
 
 def run_agent(store: EventStore, server: ScriptedAnthropic, workspace: Workspace, run_id: str = "run-1", **kwargs) -> RunFinished:
@@ -97,7 +97,7 @@ def test_guidance_written_during_a_model_call_reaches_the_very_next_request(tmp_
 
 def test_guidance_written_while_a_tool_runs_follows_the_tool_result(tmp_path):
     store = EventStore(tmp_path / "a.db")
-    workspace = start(store, tmp_path)
+    workspace = start(store, tmp_path, sandbox=SandboxSpec(kind="none"))  # the command writes to the host's store
     command = (
         f"{sys.executable} -c \"from apollo_es import EventStore; from events import HumanIntervened; "
         f"EventStore('{tmp_path / 'a.db'}').append('run-1', [HumanIntervened(annotator='ben', kind='guidance', "

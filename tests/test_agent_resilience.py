@@ -33,7 +33,7 @@ from apollo_es.cli import cli
 from apollo_es.models import ModelResponse, OpenAIClient, RecordedClient, RetryPolicy, save_recording
 from apollo_es.store import RecordedEvent
 from apollo_es.tasks import EvalSpec, Task, prepare_workspace, run_started
-from apollo_es.workspace import Workspace
+from apollo_es.tools import Workspace
 from events import AgentActed, ContextSummarized, HumanIntervened, RunFinished, ToolCall, ToolObserved, Usage
 from projections.context import HUMAN_TAG, fold
 from projections.requests import digest, render_request
@@ -99,10 +99,10 @@ def count_kind(db: Path, kind: str) -> int:
         return 0
 
 
-def blocking_command(flags: Path, name: str) -> str:
-    """A command that creates `<name>.started` and waits (at most 20 s) for `<name>.go`."""
-    started, go = shlex.quote(str(flags / f"{name}.started")), shlex.quote(str(flags / f"{name}.go"))
-    return f"touch {started}; for i in $(seq 400); do [ -f {go} ] && break; sleep 0.05; done; echo released"
+def blocking_command(name: str) -> str:
+    """A command that creates `<name>.started` in the workspace (the only place a sandboxed
+    command can write) and waits (at most 20 s) for the test to create `<name>.go` there."""
+    return f"touch {name}.started; for i in $(seq 400); do [ -f {name}.go ] && break; sleep 0.05; done; echo released"
 
 
 _call_ids = itertools.count(1)
@@ -174,8 +174,7 @@ LOST = "The result of this run_command call was lost: the agent process stopped 
 
 @pytest.mark.parametrize("kill_when", ["after-first-action", "mid-run", "in-tool"])
 def test_a_killed_run_resumes_with_no_duplicated_or_lost_step(tmp_path, task_file, kill_when):
-    flags = tmp_path / "flags"
-    flags.mkdir()
+    flags = tmp_path / "ws"  # the run's workspace
     recording = [
         respond(("think", {"thought": "Plan: notes first, then commands."})),
         respond(("run_command", {"command": "sleep 0.3; echo k1"})),
@@ -183,7 +182,7 @@ def test_a_killed_run_resumes_with_no_duplicated_or_lost_step(tmp_path, task_fil
         respond(("run_command", {"command": "sleep 0.3; echo k2"})),
         respond(("think", {"thought": "two calls in one turn"}), ("run_command", {"command": "sleep 0.3; echo k3"})),
         respond(("read_file", {"path": "notes.txt"})),
-        respond(("run_command", {"command": blocking_command(flags, "step7")})),
+        respond(("run_command", {"command": blocking_command("step7")})),
         respond(("list_files", {})),
         respond(("run_command", {"command": "sleep 0.3; echo k5"})),
         respond(("edit_file", {"path": "notes.txt", "old": "a", "new": "b"})),
@@ -192,12 +191,13 @@ def test_a_killed_run_resumes_with_no_duplicated_or_lost_step(tmp_path, task_fil
     ]
     save_recording(tmp_path / "rec.jsonl", recording)
     db = tmp_path / "apollo.db"
-    if kill_when != "in-tool":
-        (flags / "step7.go").touch()
 
     run = start_cli("run", task_file, "--model", "recorded-model", "--provider", "recorded", "--recording", "rec.jsonl",
                     "--run-id", "r", "--workspace", tmp_path / "ws", "--db", db, cwd=tmp_path)
     try:
+        if kill_when != "in-tool":
+            wait_until(lambda: count_kind(db, "RunStarted") == 1, "the run to start", run)  # its workspace is made
+            (flags / "step7.go").touch()
         if kill_when == "after-first-action":
             wait_until(lambda: count_kind(db, "AgentActed") >= 1, "the first action", run)
         elif kill_when == "mid-run":
@@ -308,11 +308,10 @@ def run_blocked(tmp_path: Path, task_file, after: list[tuple[str, dict]], meanwh
 
     Returns the run's exit code, stdout, stderr and the store's path.
     """
-    flags = tmp_path / "flags"
-    flags.mkdir()
+    flags = tmp_path / "ws"  # the run's workspace
     save_recording(tmp_path / "rec.jsonl", [
         respond(("think", {"thought": "start"})),
-        respond(("run_command", {"command": blocking_command(flags, "wait")})),
+        respond(("run_command", {"command": blocking_command("wait")})),
         *(respond(step) for step in after),
     ])
     db = tmp_path / "apollo.db"

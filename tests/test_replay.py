@@ -17,7 +17,7 @@ from apollo_es.agent import Agent
 from apollo_es.cli import cli
 from apollo_es.errors import StreamNotFound, VersionOutOfRange
 from apollo_es.tasks import Task, WorkspaceSpec, prepare_workspace, run_started
-from apollo_es.workspace import Workspace
+from apollo_es.tools import Workspace
 from events import AgentActed, ContextSummarized, HumanIntervened, RunStarted, ToolCall, ToolObserved, Usage
 from projections import context as context_module
 from projections.context import HUMAN_TAG

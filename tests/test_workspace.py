@@ -1,4 +1,7 @@
-"""The research tool workspace: every tool, path confinement, timeouts, secrets, sessions, resume."""
+"""The research tool workspace: every tool, path confinement, timeouts, secrets, sessions, resume.
+
+Every command here runs in the default sandbox (bubblewrap); tests/test_sandbox.py attacks it.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from apollo_es.workspace import TOOL_SPECS, Observation, Workspace
+from apollo_es.tools import TOOL_SPECS, Observation, Workspace
+from events import SandboxSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,13 +61,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.05)
 
 
-def process_gone(pid: int) -> bool:
-    """Gone or a zombie (an orphan may wait a while to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rfind(")") + 2] in "ZX"
+def never_appears(path: Path, seconds: float) -> bool:
+    """Whether `path` stays absent for `seconds` (a killed background job would have written it)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists():
+            return False
+        time.sleep(0.05)
+    return True
 
 
 # -- the tool list ----------------------------------------------------------------------------
@@ -148,7 +153,7 @@ def test_list_files_is_recursive_and_hides_internals(ws: Workspace) -> None:
     ok(ws, "write_file", path="README.md", content="hi")
     (ws.root / ".git").mkdir()
     (ws.root / ".git" / "HEAD").write_text("ref")
-    ok(ws, "create_session", command="true")  # creates .apollo/
+    ok(ws, "create_session", command="true")  # its state is kept outside the workspace
     assert ok(ws, "list_files").output == "README.md  (2 bytes)\ndata/\ndata/train.csv  (4 bytes)"
     assert ok(ws, "list_files", path="data").output == "data/train.csv  (4 bytes)"
 
@@ -191,19 +196,20 @@ def test_paths_cannot_escape_the_root(ws: Workspace, tmp_path: Path) -> None:
 
 
 def test_absolute_paths_inside_the_root_work(ws: Workspace) -> None:
+    """Both the host path and the path commands see (/workspace) name the root."""
     ok(ws, "write_file", path=str(ws.root / "abs.txt"), content="ok")
+    ok(ws, "write_file", path="/workspace/sub/abs.txt", content="sandboxed")
     assert ok(ws, "read_file", path="abs.txt").output == "ok"
+    assert ok(ws, "run_command", command="cat /workspace/sub/abs.txt").output == "sandboxed"
 
 
-def test_apollo_dir_is_reserved(ws: Workspace) -> None:
+def test_session_state_is_outside_the_workspace(ws: Workspace) -> None:
     ok(ws, "create_session", command="true")
-    for name, arguments in [
-        ("read_file", {"path": ".apollo/sessions/s1/meta.json"}),
-        ("write_file", {"path": ".apollo/x", "content": ""}),
-        ("list_files", {"path": ".apollo"}),
-    ]:
-        obs = ws.execute(name, arguments)
-        assert obs.is_error and "reserved" in obs.output
+    assert list(ws.root.iterdir()) == []
+    assert (ws.state_dir / "sessions" / "s1" / "meta.json").is_file()
+    assert not ws.state_dir.is_relative_to(ws.root)
+    obs = ok(ws, "run_command", command=f"ls {ws.state_dir} 2>&1; ls ../ 2>&1")
+    assert "meta.json" not in obs.output and "sessions" not in obs.output
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -211,7 +217,7 @@ def test_apollo_dir_is_reserved(ws: Workspace) -> None:
 
 def test_run_command_happy_path(ws: Workspace) -> None:
     obs = ok(ws, "run_command", command="echo out; echo err >&2; pwd")
-    assert obs.output == f"out\nerr\n{ws.root}\n"
+    assert obs.output == "out\nerr\n/workspace\n"
     assert obs.exit_code == 0 and obs.duration_ms > 0
 
 
@@ -221,45 +227,61 @@ def test_non_zero_exit_is_an_error(ws: Workspace) -> None:
     assert obs.output == "failing\n[exit code 3]"
 
 
-def test_timeout_kills_the_whole_group(ws: Workspace) -> None:
+@pytest.mark.parametrize("escape", ["", "setsid ", "nohup "])
+def test_timeout_kills_every_process_the_command_started(ws: Workspace, escape: str) -> None:
     started = time.monotonic()
-    obs = call(ws, "run_command", command="echo started; sleep 30 & echo $! > bg.pid; sleep 30", timeout=1)
+    command = f"echo started; {escape}sh -c 'sleep 1.5; echo late > late.txt' > /dev/null 2>&1 & sleep 30"
+    obs = call(ws, "run_command", command=command, timeout=1)
     assert time.monotonic() - started < 5
     assert obs.is_error
     assert obs.output.startswith("started\n")
     assert "timed out after 1 s" in obs.output
-    background_pid = int((ws.root / "bg.pid").read_text())
-    wait_until(lambda: process_gone(background_pid), timeout=2)
+    assert never_appears(ws.root / "late.txt", 1.5)
+
+
+def test_background_jobs_end_with_their_command(ws: Workspace) -> None:
+    ok(ws, "run_command", command="setsid sh -c 'sleep 0.5; echo late > late.txt' > /dev/null 2>&1 & echo left it")
+    assert never_appears(ws.root / "late.txt", 1.0)
 
 
 def test_long_output_is_truncated_head_and_tail(tmp_path: Path) -> None:
-    ws = Workspace(tmp_path, output_cap=1000)
+    (tmp_path / "root").mkdir()
+    ws = Workspace(tmp_path / "root", output_cap=1000)
     obs = ws.execute("run_command", {"command": "python3 -c \"print('A' * 3000 + 'B' * 3000)\""})
     assert obs.truncated and obs.original_chars == 6001
     assert obs.output.startswith("A" * 500) and obs.output.endswith("B" * 499 + "\n")
     assert "\n[... 5001 characters truncated ...]\n" in obs.output
 
 
-def test_secrets_are_scrubbed_from_the_environment(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    secrets = {
-        "ANTHROPIC_API_KEY": "sk-fake-anthropic",
-        "GH_TOKEN": "fake-gh-token",
-        "db_password": "fake-db-password",
-        "AWS_SECRET_ACCESS_KEY": "fake-aws",
-        "HTTP_AUTHORIZATION": "fake-auth",
-    }
-    for name, value in secrets.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("APOLLO_VISIBLE", "still-here")
+SECRETS = {
+    "ANTHROPIC_API_KEY": "sk-ant-api03-fake-anthropic-0123456789",
+    "GH_TOKEN": "ghp_fakeGitHubToken0123456789abcdef",
+    "db_password": "fake-db-password",
+    "AWS_SECRET_ACCESS_KEY": "fake/aws+secret0123456789",
+    "DATABASE_URL": "postgresql://app:hunter2pw@db.internal/prod",
+    "SENTRY_DSN": "https://abc123@o1.ingest.sentry.io/42",
+}
+ENV_DUMP = "env; echo; tr '\\0' '\\n' < /proc/1/environ; echo; tr '\\0' '\\n' < /proc/$PPID/environ"
 
-    env_output = ok(ws, "run_command", command="env").output
-    session = ok(ws, "create_session", command="env").output.split()[2]
-    wait_until(lambda: "exited" in ok(ws, "get_session_output", session_id=session).output)
-    session_output = ok(ws, "get_session_output", session_id=session).output
+
+@pytest.mark.parametrize("kind", ["bwrap", "none"])
+def test_the_environment_is_an_allowlist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """Nothing of the agent's environment reaches a command, only PATH, HOME, ... and the task's
+    [env] (in the sandbox, not even through /proc/N/environ of its parents)."""
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("APOLLO_AGENT_ONLY", "agent-side")
+    (tmp_path / "root").mkdir()
+    ws = Workspace(tmp_path / "root", sandbox=SandboxSpec(kind=kind, env={"OMP_NUM_THREADS": "4"}))
+    env_output = ok(ws, "run_command", command=ENV_DUMP if kind == "bwrap" else "env").output
+    ok(ws, "create_session", command="env")
+    wait_until(lambda: "exited" in ok(ws, "get_session_output", session_id="s1").output)
+    session_output = ok(ws, "get_session_output", session_id="s1").output
 
     for output in (env_output, session_output):
-        assert "APOLLO_VISIBLE=still-here" in output
-        for name, value in secrets.items():
+        assert "OMP_NUM_THREADS=4" in output and "PATH=" in output
+        assert "APOLLO_AGENT_ONLY" not in output
+        for name, value in SECRETS.items():
             assert name not in output and value not in output
 
 
@@ -295,12 +317,18 @@ def test_session_records_its_exit_code(ws: Workspace) -> None:
     assert ok(ws, "create_session", command="true").output.startswith("Started session s2")
 
 
-def test_kill_session_kills_the_whole_group(ws: Workspace) -> None:
-    ok(ws, "create_session", command="sleep 30 & echo $! > bg.pid; wait")
-    wait_until(lambda: (ws.root / "bg.pid").exists() and (ws.root / "bg.pid").read_text().strip() != "")
-    background_pid = int((ws.root / "bg.pid").read_text())
+@pytest.mark.parametrize("kind", ["bwrap", "none"])
+def test_kill_session_kills_every_process_it_started(tmp_path: Path, kind: str) -> None:
+    (tmp_path / "root").mkdir()
+    ws = Workspace(tmp_path / "root", sandbox=SandboxSpec(kind=kind))
+    job = "trap 'echo flushed > flushed.txt; exit 0' TERM; touch up; sleep 30 & wait"
+    late = "sh -c 'sleep 1.5; echo late > late.txt' > /dev/null 2>&1"
+    ok(ws, "create_session", command=f"setsid {late} & {job}")
+    wait_until((ws.root / "up").exists)
     ok(ws, "kill_session", session_id="s1")
-    wait_until(lambda: process_gone(background_pid), timeout=2)
+    assert (ws.root / "flushed.txt").read_text() == "flushed\n"  # SIGTERM first, with time to flush
+    if kind == "bwrap":  # the whole PID namespace ends; unconfined, a setsid'ed orphan can get away
+        assert never_appears(ws.root / "late.txt", 1.5)
 
 
 def test_unknown_session_ids_are_errors(ws: Workspace) -> None:
@@ -324,7 +352,7 @@ def test_session_survives_the_agent_process_being_killed(ws: Workspace) -> None:
     agent = textwrap.dedent(
         """\
         import os, signal, sys
-        from apollo_es.workspace import Workspace
+        from apollo_es.tools import Workspace
         ws = Workspace(sys.argv[1])
         print(ws.execute("create_session", {"command": sys.argv[2], "name": "job"}).output, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)

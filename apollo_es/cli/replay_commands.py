@@ -11,10 +11,11 @@ from apollo_es.cli._common import cell, console, json_option, print_json, table,
 from apollo_es.cli.run_commands import drive, make_model_client, model_options
 from apollo_es.store import EventStore
 from apollo_es.tasks import load_task, prepare_workspace
-from apollo_es.workspace import Workspace
+from apollo_es.tools import Workspace
 from projections.audit import timeline
 from replay import branch as branch_run
 from replay import branch_workspace, rerun, state_at, verify_run
+from replay.rerun import refuse_imported
 from replay.rerun import DEFAULT_NORMALIZATIONS, DEFAULT_SKIP_TOOLS
 
 
@@ -36,10 +37,13 @@ from replay.rerun import DEFAULT_NORMALIZATIONS, DEFAULT_SKIP_TOOLS
 @click.option("--task", "task_file", type=click.Path(dir_okay=False, exists=True), help="For --rerun and --continue: prepare --workspace from this task file first.")
 @click.option("--normalize", multiple=True, metavar="REGEX=>REPLACEMENT", help="For --rerun: another volatile pattern to normalize (repeatable).")
 @click.option("--skip-tool", "skip_tools", multiple=True, help="For --rerun: run but do not compare this tool's output (repeatable).")
+@click.option("--allow-imported-commands", is_flag=True,
+              help="For --rerun and --continue --task: execute the recorded commands of an imported run (in the sandbox). "
+                   "Refused by default: they are code from another machine's trajectory file.")
 @with_store
 @json_option
 def replay(store: EventStore, run_id, at_version, show, make_branch, inject, reason, new_stream_id, annotator, continue_live, model,
-           provider, base_url, recording, do_verify, do_rerun, workspace_dir, task_file, normalize, skip_tools, as_json):
+           provider, base_url, recording, do_verify, do_rerun, workspace_dir, task_file, normalize, skip_tools, allow_imported_commands, as_json):
     """Inspect a run at any version, branch it with new guidance, verify it, or re-run it.
 
     Example:
@@ -60,10 +64,12 @@ def replay(store: EventStore, run_id, at_version, show, make_branch, inject, rea
     if continue_live and not (model or provider == "recorded"):
         raise click.ClickException("--continue needs --model (or --provider recorded --recording FILE)")
     store.head(run_id)  # unknown runs fail here, before anything is written
+    if do_rerun or (continue_live and task_file):  # before a workspace or a branch is made
+        refuse_imported(run_id, store.read(run_id, up_to=1)[0], allow_imported_commands)
     if do_verify:
         return _verify(store, run_id, as_json)
     if do_rerun:
-        return _rerun(store, run_id, at_version, workspace_dir, task_file, normalize, skip_tools, as_json)
+        return _rerun(store, run_id, at_version, workspace_dir, task_file, normalize, skip_tools, allow_imported_commands, as_json)
     state = state_at(store, run_id, at_version)  # validates --at
     if make_branch:
         client = make_model_client(provider or state.context.run.provider or "anthropic", model, base_url, recording) if continue_live else None
@@ -75,8 +81,8 @@ def replay(store: EventStore, run_id, at_version, show, make_branch, inject, rea
                 click.echo(new_id)
             return
         root = branch_workspace(store, run_id, state.version, workspace_dir or Path(store.path).resolve().parent / "workspaces" / new_id,
-                                load_task(task_file) if task_file else None)
-        drive(store, new_id, client, Workspace(root), resume=False, as_json=as_json)
+                                load_task(task_file) if task_file else None, allow_imported_commands=allow_imported_commands)
+        drive(store, new_id, client, Workspace(root, sandbox=state.context.run.sandbox), resume=False, as_json=as_json)
         return
     if as_json:
         print_json(state)
@@ -118,7 +124,7 @@ def _verify(store: EventStore, run_id: str, as_json: bool) -> None:
         click.echo(f"OK: {report.actions_checked} actions reproduce their recorded context digests; hash chain intact")
 
 
-def _rerun(store, run_id, at_version, workspace_dir, task_file, normalize, skip_tools, as_json) -> None:
+def _rerun(store, run_id, at_version, workspace_dir, task_file, normalize, skip_tools, allow_imported_commands, as_json) -> None:
     if not workspace_dir:
         raise click.ClickException("--rerun needs --workspace DIR (a fresh copy of the run's starting files, or an empty directory with --task)")
     patterns = []
@@ -128,7 +134,7 @@ def _rerun(store, run_id, at_version, workspace_dir, task_file, normalize, skip_
         patterns.append(tuple(item.split("=>", 1)))
     root = _prepared(workspace_dir, task_file)
     report = rerun(store, run_id, root, normalizations=[*DEFAULT_NORMALIZATIONS, *patterns],
-                   skip_tools=[*DEFAULT_SKIP_TOOLS, *skip_tools], up_to=at_version)
+                   skip_tools=[*DEFAULT_SKIP_TOOLS, *skip_tools], up_to=at_version, allow_imported_commands=allow_imported_commands)
     if as_json:
         print_json(report)
     if report.divergence is not None:

@@ -21,7 +21,7 @@ from apollo_es.cli._common import console, db_option, json_option, open_store, p
 from apollo_es.models import ModelClient, RecordedClient, load_recording, make_client
 from apollo_es.store import NO_STREAM, EventStore
 from apollo_es.tasks import load_task, prepare_workspace, run_started
-from apollo_es.workspace import Workspace
+from apollo_es.tools import Workspace
 from events import ContextSummarized, RunFinished
 from projections.audit import timeline
 from projections.context import fold
@@ -64,9 +64,13 @@ def make_model_client(provider: str, model: str, base_url: str | None, recording
 @click.option("--time-limit", type=click.FloatRange(min=1), help="Override the task's time_limit (seconds).")
 @click.option("--token-budget", type=click.IntRange(min=1), help="Override the task's token_budget.")
 @click.option("--summary-threshold", type=click.IntRange(min=1), help="Override the task's summary_threshold (tokens).")
+@click.option("--sandbox", "sandbox_kind", type=click.Choice(["bwrap", "none"]),
+              help="Where the agent's commands run (default: the task's [sandbox] kind, bwrap). "
+                   "'none' runs them unconfined on this host; it warns and is recorded in the run.")
 @db_option
 @json_option
-def run(task_file, model, provider, base_url, recording, run_id, workspace_dir, max_steps, time_limit, token_budget, summary_threshold, db_path, as_json):
+def run(task_file, model, provider, base_url, recording, run_id, workspace_dir, max_steps, time_limit, token_budget, summary_threshold,
+        sandbox_kind, db_path, as_json):
     """Run an agent on a task file until it finishes, is stopped or runs out of budget.
 
     From another terminal, `apollo-es intervene RUN -m "..."` steers it and `apollo-es stop RUN`
@@ -79,6 +83,11 @@ def run(task_file, model, provider, base_url, recording, run_id, workspace_dir, 
     task = load_task(task_file)
     overrides = {"max_steps": max_steps, "time_limit": time_limit, "token_budget": token_budget, "summary_threshold": summary_threshold}
     task = msgspec.structs.replace(task, **{k: v for k, v in overrides.items() if v is not None})
+    if sandbox_kind:
+        task = msgspec.structs.replace(task, sandbox=msgspec.structs.replace(task.sandbox, kind=sandbox_kind))
+    if task.sandbox.kind == "none":
+        click.echo("Warning: sandbox 'none': the agent's commands run unconfined on this host, "
+                   "with your user's rights (recorded in the run's RunStarted).", err=True)
     provider = provider or "anthropic"
     client = make_model_client(provider, model, base_url, recording)
     run_id = run_id or f"{task.id}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
@@ -91,7 +100,7 @@ def run(task_file, model, provider, base_url, recording, run_id, workspace_dir, 
         request_provider = client.provider
         store.append(run_id, [run_started(task, model=model, provider=request_provider, workspace=root)], expected_version=NO_STREAM, actor="system")
         console.print(f"run {run_id}: workspace {root}", markup=False, highlight=False) if not as_json else None
-        drive(store, run_id, client, Workspace(root), resume=False, as_json=as_json)
+        drive(store, run_id, client, Workspace(root, sandbox=task.sandbox), resume=False, as_json=as_json)
 
 
 @click.command()
@@ -123,7 +132,7 @@ def resume(run_id, model, provider, base_url, recording, db_path, as_json):
         # one recorded response per model call already in the log: each action and each summary
         served = context.steps + sum(isinstance(e.event, ContextSummarized) for e in recorded)
         client = make_model_client(provider or started.provider or "anthropic", model or started.model, base_url, recording, served=served)
-        drive(store, run_id, client, Workspace(started.workspace), resume=True, as_json=as_json)
+        drive(store, run_id, client, Workspace(started.workspace, sandbox=started.sandbox), resume=True, as_json=as_json)
 
 
 def drive(store: EventStore, run_id: str, client: ModelClient, workspace: Workspace, *, resume: bool, as_json: bool) -> None:

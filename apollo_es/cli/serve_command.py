@@ -38,9 +38,12 @@ def is_loopback(host: str) -> bool:
 @model_options
 @click.option("--task", "task_file", type=click.Path(dir_okay=False, exists=True), help="The runs' task file: a continued branch's workspace is rebuilt at its fork from it.")
 @click.option("--workspaces", type=click.Path(file_okay=False), help="Where continued branches get their workspaces (default: workspaces/ next to the store).")
+@click.option("--allow-imported-commands", is_flag=True,
+              help="With --task: rebuild the workspace of an imported run's branch by executing its recorded commands "
+                   "(in the sandbox). Refused by default: they are code from another machine's trajectory file.")
 @click.option("--rules", "rules_file", type=click.Path(dir_okay=False, exists=True), help="Rule set TOML for the rule hits shown beside actions (default: every rule).")
 @db_option
-def serve(host, port, model, provider, base_url, recording, task_file, workspaces, rules_file, db_path):
+def serve(host, port, model, provider, base_url, recording, task_file, workspaces, allow_imported_commands, rules_file, db_path):
     """Serve the annotator console: watch runs live, send guidance, stop runs, branch them.
 
     Reading needs nothing on loopback; every write needs the token, taken from
@@ -74,6 +77,7 @@ def serve(host, port, model, provider, base_url, recording, task_file, workspace
             model_client=continuation_client if can_continue else None, model=model or "",
             task=load_task(task_file) if task_file else None,
             workspaces=Path(workspaces) if workspaces else Path(db_path).resolve().parent / "workspaces", rules=rules,
+            allow_imported_commands=allow_imported_commands,
         )
         sock = _listen(host, port)
         address = f"[{host}]" if ":" in host else host

@@ -37,10 +37,11 @@ from apollo_es.interventions import intervene
 from apollo_es.models import ModelClient
 from apollo_es.store import EventStore, RecordedEvent
 from apollo_es.tasks import Task
-from apollo_es.workspace import Workspace
+from apollo_es.tools import Workspace
 from projections.policy import annotations_for, decide
 from projections.rules import RuleSet
 from replay import branch, branch_workspace, continue_branch
+from replay.rerun import refuse_imported
 
 __all__ = ["ConsoleSettings", "create_app"]
 
@@ -80,6 +81,8 @@ class ConsoleSettings(msgspec.Struct, kw_only=True):
     task: Task | None = None
     """The runs' task, to rebuild a branch's workspace at its fork before continuing it."""
     workspaces: Path = Path("workspaces")
+    allow_imported_commands: bool = False
+    """Rebuild workspaces of imported runs by executing their recorded commands (in the sandbox)."""
     rules: RuleSet = msgspec.field(default_factory=RuleSet.default)
     poll_interval: float = 0.1
 
@@ -296,6 +299,9 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
         item: _Branch = await body(request, _Branch)
         if item.live and settings.model_client is None:
             raise HTTPProblem(400, "no model is configured to continue branches: start the console with --model")
+        if item.live and settings.task is not None:  # before the branch is written
+            first = await anyio.to_thread.run_sync(store.read, item.run, 1)
+            refuse_imported(item.run, first[0] if first else None, settings.allow_imported_commands)
         new_id = await anyio.to_thread.run_sync(
             lambda: branch(store, item.run, item.at, inject=item.message, reason=item.reason,
                            annotator=item.annotator, new_stream_id=item.name or None)
@@ -312,11 +318,14 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
         client = None
         try:
             root = settings.workspaces / _safe_dirname(branch_id)
-            workspace = await anyio.to_thread.run_sync(branch_workspace, store, parent, at, root, settings.task)
+            workspace = await anyio.to_thread.run_sync(
+                lambda: branch_workspace(store, parent, at, root, settings.task, allow_imported_commands=settings.allow_imported_commands)
+            )
             run = (await anyio.to_thread.run_sync(store.read, parent, 1))[0].event
             client = settings.model_client(getattr(run, "provider", ""))
             continuations[branch_id] = "running"
-            finished = await continue_branch(store, branch_id, client, Workspace(workspace))
+            tools = await anyio.to_thread.run_sync(lambda: Workspace(workspace, sandbox=getattr(run, "sandbox", None)))
+            finished = await continue_branch(store, branch_id, client, tools)
             continuations[branch_id] = finished.status
         except Exception as exc:
             log.exception("continuing %s failed", branch_id)

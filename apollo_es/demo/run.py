@@ -29,8 +29,8 @@ from apollo_es.demo.recording import BRANCH_GUIDANCE, GUIDANCE, branch_responses
 from apollo_es.errors import ApolloError
 from apollo_es.models import RecordedClient
 from apollo_es.store import NO_STREAM, EventStore
-from apollo_es.tasks import load_task, prepare_workspace, run_started
-from apollo_es.workspace import Workspace
+from apollo_es.tasks import Task, load_task, prepare_workspace, run_started
+from apollo_es.tools import SandboxError, Workspace, check_available
 from projections.context import fold
 
 __all__ = ["DemoReport", "run_demo"]
@@ -112,8 +112,20 @@ def run_demo(out_dir: Path, say: Callable[[str], None] = print) -> DemoReport:
     )
 
 
-def _research_run(store: EventStore, db: Path, root: Path, say) -> float | None:
+def _demo_task(say) -> Task:
+    """The example task, in the sandbox where this machine has one. The demo's commands are the
+    bundled recording's, so without bubblewrap they run unconfined rather than not at all."""
     task = msgspec.structs.replace(load_task(TASK), summary_threshold=6_000)
+    try:
+        check_available()
+    except SandboxError as exc:
+        say(f"    no sandbox on this machine, so the bundled recorded commands run unconfined: {exc}")
+        return msgspec.structs.replace(task, sandbox=msgspec.structs.replace(task.sandbox, kind="none"))
+    return task
+
+
+def _research_run(store: EventStore, db: Path, root: Path, say) -> float | None:
+    task = _demo_task(say)
     workspace = prepare_workspace(task, root)
     store.append(RUN_ID, [run_started(task, model="recorded-research-agent", provider="anthropic", workspace=workspace)],
                  expected_version=NO_STREAM)
@@ -154,14 +166,13 @@ def _wait_for_step(store: EventStore, step: int, worker: subprocess.Popen, timeo
 
 
 def _branch(store: EventStore, root: Path) -> float | None:
-    from replay import branch, continue_branch, restore_workspace
+    from replay import branch, branch_workspace, continue_branch
 
     fork = _version_after_step(store, FORK_AFTER_STEP)
     branch_id = branch(store, RUN_ID, fork, inject=BRANCH_GUIDANCE, reason="try radial basis features", annotator="ben")
-    task = load_task(TASK)
-    workspace = prepare_workspace(task, root)
-    restore_workspace(store, RUN_ID, workspace, fork)
-    finished = anyio.run(lambda: continue_branch(store, branch_id, RecordedClient(branch_responses()), Workspace(workspace)))
+    task = _demo_task(lambda line: None)
+    workspace = Workspace(branch_workspace(store, RUN_ID, fork, root, task), sandbox=task.sandbox)
+    finished = anyio.run(lambda: continue_branch(store, branch_id, RecordedClient(branch_responses()), workspace))
     return finished.score
 
 

@@ -21,13 +21,14 @@ from apollo_es.agent import Agent, StepReport
 from apollo_es.demo.recording import responses, summary_response
 from apollo_es.models import RecordedClient
 from apollo_es.store import EventStore
-from apollo_es.workspace import Workspace
+from apollo_es.tools import Workspace
 from projections.context import fold
 
 
 def main(db: str, run_id: str, workspace: str, pause_after: str = "0", flag: str = "") -> int:
     store = EventStore(db)
-    served = fold(store.read(run_id)).steps  # on resume, skip the responses already in the log
+    context = fold(store.read(run_id))
+    served = context.steps  # on resume, skip the responses already in the log
     client = RecordedClient(responses()[served:])
     summarizer = RecordedClient([summary_response()])
 
@@ -36,7 +37,7 @@ def main(db: str, run_id: str, workspace: str, pause_after: str = "0", flag: str
             while not Path(flag).exists():
                 time.sleep(0.05)
 
-    agent = Agent(store, run_id, client, Workspace(workspace), summarizer=summarizer, on_step=maybe_pause if flag else None)
+    agent = Agent(store, run_id, client, Workspace(workspace, sandbox=context.run.sandbox), summarizer=summarizer, on_step=maybe_pause if flag else None)
     finished = anyio.run(lambda: agent.run(resume=served > 0))
     print(finished.status, flush=True)
     return 0 if finished.status == "finished" else 1

@@ -69,13 +69,13 @@ class AnthropicClient:
         self.model = model
         self.policy = policy
         self.timeout = timeout
-        self._api_key = api_key or os.environ.get("ANTHROPIC_API_KEY")
-        if not self._api_key:
+        self.api_key = api_key or os.environ.get("ANTHROPIC_API_KEY")
+        if not self.api_key:
             raise ModelError("no Anthropic API key: set ANTHROPIC_API_KEY or pass api_key")
         self._sleep = sleep
         self._owns_http = http_client is None
         self._sdk = anthropic.AsyncAnthropic(
-            api_key=self._api_key,
+            api_key=self.api_key,
             base_url=base_url or os.environ.get("ANTHROPIC_BASE_URL") or None,
             http_client=http_client,
             max_retries=0,
@@ -111,7 +111,7 @@ class AnthropicClient:
             status, kind = exc.status_code, exc.type or "error"
             detail = exc.api_message or exc.response.text[:500]
             return Failure.http(
-                redact(f"anthropic API: HTTP {status} {kind}: {detail}", self._api_key), status,
+                redact(f"anthropic API: HTTP {status} {kind}: {detail}", self.api_key), status,
                 exc.response.headers.get("retry-after"),
                 retryable=is_retryable_status(status) or kind == "overloaded_error",
             )
@@ -119,9 +119,9 @@ class AnthropicClient:
             return Failure(message=f"anthropic API: no answer within {self.timeout:g} s", retryable=True)
         if isinstance(exc, anthropic.APIConnectionError):
             cause = exc.__cause__ or exc
-            return Failure(message=redact(f"anthropic API: connection failed: {cause!r}", self._api_key), retryable=True)
+            return Failure(message=redact(f"anthropic API: connection failed: {cause!r}", self.api_key), retryable=True)
         if isinstance(exc, ModelOutputError):
-            return Failure(message=redact(str(exc), self._api_key), retryable=True, error=ModelOutputError)
+            return Failure(message=redact(str(exc), self.api_key), retryable=True, error=ModelOutputError)
         return None
 
 

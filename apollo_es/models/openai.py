@@ -67,8 +67,8 @@ class OpenAIClient:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.policy = policy
         self.timeout = timeout
-        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
-        self._headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        self._headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         self._sleep = sleep
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient()
@@ -95,15 +95,15 @@ class OpenAIClient:
         if isinstance(exc, httpx.HTTPStatusError):
             status = exc.response.status_code
             return Failure.http(
-                redact(f"{self.url}: HTTP {status}: {_server_message(exc.response)}", self._api_key), status,
+                redact(f"{self.url}: HTTP {status}: {_server_message(exc.response)}", self.api_key), status,
                 exc.response.headers.get("retry-after"),
             )
         if isinstance(exc, httpx.TimeoutException):
             return Failure(message=f"{self.url}: no answer within {self.timeout:g} s", retryable=True)
         if isinstance(exc, httpx.TransportError):
-            return Failure(message=redact(f"{self.url}: connection failed: {exc!r}", self._api_key), retryable=True)
+            return Failure(message=redact(f"{self.url}: connection failed: {exc!r}", self.api_key), retryable=True)
         if isinstance(exc, ModelOutputError):
-            return Failure(message=redact(str(exc), self._api_key), retryable=True, error=ModelOutputError)
+            return Failure(message=redact(str(exc), self.api_key), retryable=True, error=ModelOutputError)
         return None
 
 
