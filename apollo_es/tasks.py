@@ -38,7 +38,8 @@ import msgspec
 
 from apollo_es.errors import ApolloError
 from apollo_es.redaction import is_secret_name
-from apollo_es.tools import TOOL_SPECS, Workspace, check_available
+from apollo_es.tools import TOOL_SPECS, Workspace
+from apollo_es.tools import check as check_sandbox
 from events import RunStarted, SandboxSpec, ToolSpec
 from projections.context import HUMAN_TAG
 
@@ -115,8 +116,7 @@ def load_task(path: str | Path) -> Task:
 def prepare_workspace(task: Task, root: str | Path) -> Path:
     """Copy the task's files into a new or empty workspace directory and run its setup commands
     in the task's sandbox (checked first, so a machine without one fails before anything is made)."""
-    if task.sandbox.kind != "none":
-        check_available()
+    check_sandbox(task.sandbox)
     root = Path(root).resolve()
     if root.exists() and any(root.iterdir()):
         raise TaskError(f"workspace {root} is not empty; pick a new directory")

@@ -14,6 +14,9 @@ Fixtures
   older apollo-es would have written, e.g. old schema versions); ``row_hash`` recomputes a
   stored row's hash.
 
+Every tool process runs in bubblewrap, so the session starts by installing Debian's
+``bubblewrap`` where it is missing (as the browser tests do with chromium).
+
 The factories are plain functions in this module too; ``tests/`` is on ``sys.path`` under
 pytest's default import mode, but prefer the fixtures.
 """
@@ -32,6 +35,7 @@ import pytest
 
 from apollo_es import EventStore
 from apollo_es.store import GENESIS_HASH, chain_hash, utc_now
+from tests.system_packages import debian_binary
 from events import (
     ActionJudged,
     AgentActed,
@@ -289,3 +293,8 @@ def raw_append(
 @pytest.fixture(scope="session", name="raw_append")
 def _raw_append_fixture() -> Callable[..., int]:
     return raw_append
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Install bubblewrap where missing; without it the sandbox tests fail with the fix named."""
+    debian_binary("bwrap", "bubblewrap")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from apollo_es.agent import Agent
 from apollo_es.console import ConsoleSettings, Server, create_app
 from apollo_es.tasks import Task, prepare_workspace, run_started
 from apollo_es.tools import Workspace
+from tests.system_packages import debian_binary
 from events import RunFinished
 from tests.scripted import ScriptedAnthropic
 
@@ -139,18 +139,9 @@ def chromium_path() -> str:
     """Debian's chromium, installed here if missing (the test set-up; no browser download)."""
     if os.environ.get("APOLLO_ES_SKIP_BROWSER") == "1":
         pytest.skip("APOLLO_ES_SKIP_BROWSER=1")
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    path = shutil.which("chromium-browser") or debian_binary("chromium", "chromium")
     if path:
         return path
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
-        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-            subprocess.run(install, env=env, capture_output=True, check=False)
-        path = shutil.which("chromium")
-        if path:
-            return path
     pytest.fail("the browser tests need Debian's chromium (apt-get install chromium) and could not install it; "
                 "set APOLLO_ES_SKIP_BROWSER=1 to skip them")
 

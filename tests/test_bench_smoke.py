@@ -70,3 +70,10 @@ def test_console_benchmark_smoke(tmp_path: Path) -> None:
     assert set(rows) == {"startup", "live_update"}
     assert all(row["baseline"] > 0 and row["ours"] > 0 for row in rows.values())
     assert rows["startup"]["passed"] is None and isinstance(rows["live_update"]["passed"], bool)
+
+
+def test_sandbox_benchmark_smoke(tmp_path: Path) -> None:
+    rows = {row["key"]: row for row in run_smoke("sandbox.py", tmp_path)["rows"]}
+    assert set(rows) == {"run_command", "added_per_command", "write_file_loop"}
+    assert all(row["baseline"] > 0 and row["ours"] > 0 for row in rows.values())
+    assert rows["added_per_command"]["baseline"] == 30.0 and isinstance(rows["added_per_command"]["passed"], bool)

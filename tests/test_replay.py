@@ -289,3 +289,33 @@ def test_replay_cli_branches_and_continues_live_in_a_workspace_rebuilt_at_the_fo
     observed = [r.event.output for r in store.read("run-1~b1") if isinstance(r.event, ToolObserved) and r.version > 5]
     assert "sum.py" not in observed[0] and "7" in observed[0]  # the workspace is the one at the fork
     assert [r.actor for r in store.read("run-1~b1") if r.kind == "HumanIntervened"] == ["human:ana"]
+
+
+def _imported_run(db: Path) -> None:
+    """A run as an importer writes it, whose recorded command would leave a mark where it runs."""
+    call = ToolCall(id="c1", name="run_command", arguments={"command": "touch ran-here; pwd"})
+    with EventStore(db) as store:
+        store.append("imp", [
+            RunStarted(task_id="t", task="imported", model="m"),
+            AgentActed(model="m", tool_calls=[call]),
+            NewEvent(event=ToolObserved(tool_call_id="c1", output="/testbed\n", exit_code=0)),
+        ], actor="import:swe-agent")
+
+
+def test_imported_runs_are_not_re_executed_unless_asked(tmp_path):
+    db = tmp_path / "a.db"
+    _imported_run(db)
+    ws = tmp_path / "ws"
+    for args in (["--rerun", "--workspace", ws], ["--branch", "--continue", "--provider", "recorded", "--recording", db,
+                                                   "--task", tmp_path / "task.toml", "--workspace", ws]):
+        (tmp_path / "task.toml").write_text('id = "t"\ndescription = "d"\n')
+        result = CliRunner().invoke(cli, ["replay", "imp", *map(str, args), "--db", str(db)])
+        assert result.exit_code == 1 and "was imported (import:swe-agent)" in result.output, result.output
+        assert "--allow-imported-commands" in result.output
+        assert not ws.exists()
+    with EventStore(db) as store:
+        assert [s.stream_id for s in store.streams()] == ["imp"]  # no branch was made either
+
+    result = CliRunner().invoke(cli, ["replay", "imp", "--rerun", "--workspace", str(ws), "--allow-imported-commands", "--db", str(db)])
+    assert (ws / "ran-here").exists()  # executed, in the sandbox: its pwd is /workspace
+    assert result.exit_code == 1 and "diverges at v3" in result.output and "+<workspace>" in result.output

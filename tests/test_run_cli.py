@@ -103,9 +103,17 @@ def test_run_prints_the_outcome(tmp_path, task, recording, monkeypatch):
         (TASK, ["--provider", "recorded"], "--provider recorded needs --recording FILE"),
         (TASK, [], "no Anthropic API key: set ANTHROPIC_API_KEY"),
         (TASK, ["--provider", "openai"], "the openai provider needs a server: pass --base-url"),
+        (TASK + '[env]\nHF_TOKEN = "hf_x"\n', [], "[env] HF_TOKEN: secrets do not go in task files"),
+        (TASK + 'env = "x"\n', [], "[env] and [sandbox] must be tables"),
+        (TASK + '[sandbox]\nmemory_mb = -1\n', [], "Expected `int` >= 1 - at `$.sandbox.memory_mb`"),
+        (TASK + '[sandbox]\nkind = "docker"\n', [], "Invalid enum value 'docker' - at `$.sandbox.kind`"),
+        (TASK + '[sandbox]\nnetwork = true\nnet = 1\n', [], "unknown field `net`"),
+        (TASK + '[sandbox]\ndevices = ["/dev/nvidia*"]\n', ["--provider", "recorded", "--recording", "/dev/null"],
+         "nothing on this machine matches '/dev/nvidia*'"),
     ],
     ids=["missing-task-file", "malformed-toml", "unknown-key", "missing-workspace-file", "recorded-without-recording",
-         "anthropic-without-key", "openai-without-server"],
+         "anthropic-without-key", "openai-without-server", "secret-in-env", "env-not-a-table", "negative-memory",
+         "unknown-sandbox-kind", "unknown-sandbox-key", "missing-device"],
 )
 def test_run_refuses_a_bad_task_or_options_and_creates_no_store(tmp_path, task_text, extra, message):
     path = tmp_path / "task.toml"

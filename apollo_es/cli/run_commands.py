@@ -22,6 +22,7 @@ from apollo_es.models import ModelClient, RecordedClient, load_recording, make_c
 from apollo_es.store import NO_STREAM, EventStore
 from apollo_es.tasks import load_task, prepare_workspace, run_started
 from apollo_es.tools import Workspace
+from apollo_es.tools import check as check_sandbox
 from events import ContextSummarized, RunFinished
 from projections.audit import timeline
 from projections.context import fold
@@ -90,6 +91,7 @@ def run(task_file, model, provider, base_url, recording, run_id, workspace_dir, 
                    "with your user's rights (recorded in the run's RunStarted).", err=True)
     provider = provider or "anthropic"
     client = make_model_client(provider, model, base_url, recording)
+    check_sandbox(task.sandbox)  # before the store or the workspace is made
     run_id = run_id or f"{task.id}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     Path(db_path).parent.mkdir(parents=True, exist_ok=True)
     with open_store(db_path, create=True) as store:

@@ -6,8 +6,8 @@ calls), `files` (opens confined by the kernel), `sessions` (long-running jobs), 
 """
 
 from apollo_es.tools.observation import Observation
-from apollo_es.tools.sandbox import SANDBOX_WORKDIR, SandboxError, check_available
+from apollo_es.tools.sandbox import SANDBOX_WORKDIR, SandboxError, check, check_available
 from apollo_es.tools.specs import TOOL_SPECS
 from apollo_es.tools.workspace import Workspace
 
-__all__ = ["SANDBOX_WORKDIR", "TOOL_SPECS", "Observation", "SandboxError", "Workspace", "check_available"]
+__all__ = ["SANDBOX_WORKDIR", "TOOL_SPECS", "Observation", "SandboxError", "Workspace", "check", "check_available"]

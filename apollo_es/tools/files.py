@@ -67,6 +67,7 @@ def _tool_error(rel: str, exc: OSError) -> Exception:
         errno.ENOTDIR: f"A parent of {rel!r} is not a directory",
         errno.EISDIR: f"{rel!r} is a directory",
         errno.ELOOP: f"Too many levels of symlinks in {rel!r}",
+        errno.ENXIO: f"{rel!r} is a FIFO or a socket; the file tools only work on regular files",
     }
     return ToolError(messages[exc.errno]) if exc.errno in messages else exc
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from apollo_es.errors import ApolloError
 from events import SandboxSpec
 
-__all__ = ["SANDBOX_WORKDIR", "Sandbox", "SandboxError", "check_available"]
+__all__ = ["SANDBOX_WORKDIR", "Sandbox", "SandboxError", "check", "check_available"]
 
 log = logging.getLogger("apollo_es.sandbox")
 
@@ -102,6 +102,22 @@ def check_available() -> str:
     return bwrap
 
 
+def check(spec: SandboxSpec) -> None:
+    """SandboxError unless this machine can make the sandbox `spec` describes: bubblewrap works
+    (for kind bwrap), the read-only paths exist and every device pattern matches something."""
+    for name in spec.env:
+        if not name.isidentifier() or not name.isascii():
+            raise SandboxError(f"environment variable name {name!r} is not valid")
+    missing = [path for path in spec.read_only if not os.path.isabs(path) or not os.path.exists(path)]
+    if missing:
+        raise SandboxError(f"[sandbox] read_only: {', '.join(map(repr, missing))} must be existing absolute paths")
+    unmatched = [pattern for pattern in spec.devices if not glob.glob(pattern)]
+    if unmatched:
+        raise SandboxError(f"[sandbox] devices: nothing on this machine matches {', '.join(map(repr, unmatched))}")
+    if spec.kind != "none":
+        check_available()
+
+
 class Sandbox:
     """How the tools start processes for one workspace: the argv around a command, and its environment.
 
@@ -110,19 +126,11 @@ class Sandbox:
     """
 
     def __init__(self, spec: SandboxSpec, root: Path, state_dir: Path) -> None:
+        check(spec)
         self.spec = spec
         self.root = root
         self.confined = spec.kind != "none"
-        for name in spec.env:
-            if not name.isidentifier() or not name.isascii():
-                raise SandboxError(f"environment variable name {name!r} is not valid")
-        missing = [path for path in spec.read_only if not os.path.isabs(path) or not os.path.exists(path)]
-        if missing:
-            raise SandboxError(f"[sandbox] read_only: {', '.join(map(repr, missing))} must be existing absolute paths")
         self._devices = sorted({match for pattern in spec.devices for match in glob.glob(pattern)})
-        unmatched = [pattern for pattern in spec.devices if not glob.glob(pattern)]
-        if unmatched:
-            raise SandboxError(f"[sandbox] devices: nothing on this machine matches {', '.join(map(repr, unmatched))}")
         if not self.confined:
             log.warning("sandbox kind 'none': the agent's commands run unconfined on this host")
             self._bwrap_args: list[str] = []
@@ -134,9 +142,11 @@ class Sandbox:
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "passwd").write_text(f"agent:x:{_UID}:{_UID}:apollo-es agent:/tmp:/bin/bash\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n")
         (etc / "group").write_text(f"agent:x:{_UID}:\nnogroup:x:65534:\n")
-        self._bwrap_args = [bwrap, *self._namespaces(), *_system_mounts(), *self._etc(etc), *self._extra_mounts(),
+        # Later mounts cover earlier ones: the extra read-only paths come after /tmp, since they
+        # may well be below it (a virtualenv or a dataset in /tmp/...).
+        self._bwrap_args = [bwrap, *self._namespaces(), *_system_mounts(), *self._etc(etc),
                             "--proc", "/proc", "--dev", "/dev", *self._device_mounts(),
-                            "--bind", str(tmp), "/tmp", "--bind", str(root), SANDBOX_WORKDIR,
+                            "--bind", str(tmp), "/tmp", "--bind", str(root), SANDBOX_WORKDIR, *self._extra_mounts(),
                             "--remount-ro", "/", "--chdir", SANDBOX_WORKDIR]
 
     @property
