@@ -15,11 +15,12 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
-from apollo_es import EventStore
+from apollo_es import EventStore, NewEvent
 from apollo_es.cli import cli
 from apollo_es.console.app import _safe_dirname
 from apollo_es.console.hub import EventHub
 from apollo_es.console.runs import RunsIndex
+from apollo_es.tasks import Task
 from events import AgentActed, HumanIntervened, RunFinished, RunStarted, ToolCall, ToolObserved
 from tests.console_support import TOKEN, ConsoleServer, start_run
 from tests.scripted import ScriptedAnthropic, texts, tool_use
@@ -380,6 +381,22 @@ def test_a_branch_continues_live_with_the_configured_model(tmp_path):
     assert "Try the other plan." in first and "noted 1" in first and "noted 2" not in first
     assert [p.name for p in (tmp_path / "workspaces").iterdir() if p.name != ".apollo"] == [_safe_dirname(branch_id)]
     assert _safe_dirname("a/b") != _safe_dirname("a_b")
+    store.close()
+
+
+def test_a_live_branch_of_an_imported_run_is_refused_before_anything_is_written(tmp_path):
+    """Rebuilding its workspace would execute the imported file's commands; only with the setting."""
+    store = EventStore(tmp_path / "imp.db")
+    call = ToolCall(id="c1", name="run_command", arguments={"command": "touch ran-here"})
+    store.append("imp", [RunStarted(task_id="t", task="imported", model="m"), AgentActed(model="m", tool_calls=[call]),
+                         NewEvent(event=ToolObserved(tool_call_id="c1", output="", exit_code=0))], actor="import:openhands")
+    task = Task(id="t", description="d")
+    with ConsoleServer(store, model_client=lambda provider: ScriptedAnthropic([]).client(), model="claude-test",
+                       task=task, workspaces=tmp_path / "workspaces") as server:
+        response = httpx.post(f"{server.url}/api/branches", headers=AUTH,
+                              json={"run": "imp", "at": 3, "message": "go on", "annotator": "ana", "live": True})
+    assert response.status_code == 400 and "was imported (import:openhands)" in response.json()["error"]
+    assert [info.stream_id for info in store.streams()] == ["imp"] and not (tmp_path / "workspaces").exists()
     store.close()
 
 
