@@ -29,10 +29,20 @@ import msgspec
 
 from apollo_es.errors import ApolloError, ConcurrencyError
 from apollo_es.models import ModelClient, ModelError, ModelResponse
+from apollo_es.models.prices import cost_usd
 from apollo_es.redaction import Redactor
 from apollo_es.store import EventStore, NewEvent, RecordedEvent
 from apollo_es.tools import Observation, Workspace
-from events import AgentActed, BranchCreated, ContextSummarized, RunFinished, RunStarted, ToolCall, ToolObserved
+from events import (
+    AgentActed,
+    BranchCreated,
+    ContextSummarized,
+    DiscardedAnswer,
+    RunFinished,
+    RunStarted,
+    ToolCall,
+    ToolObserved,
+)
 from projections.context import Context, estimate_tokens, fold, with_summary
 from projections.requests import digest, render_request
 from projections.summarization import PROMPT_ID, choose_cut, summarization_context
@@ -90,6 +100,7 @@ class Agent:
         self.summarizer = summarizer or client
         self.workspace = workspace
         self.on_step = on_step
+        self._discarded: list[DiscardedAnswer] = []  # paid for, recorded with the next action
         self.redact = redact or Redactor.from_environ(
             extra={"model API key": getattr(client, "api_key", None), "summarizer API key": getattr(summarizer, "api_key", None)}
         )
@@ -134,6 +145,10 @@ class Agent:
             acted = self._record_action(context, request, response)
             if acted is None:
                 log.info("%s changed while the model was answering; asking again", self.stream_id)
+                self._discarded.append(DiscardedAnswer(
+                    model=response.model, usage=response.usage, cost_usd=cost_usd(response.model, response.usage),
+                    latency_ms=response.latency_ms, request_digest=digest(request),
+                ))
                 continue
             self._report(acted)
             finished = await self._act(acted)
@@ -205,6 +220,7 @@ class Agent:
             usage=response.usage,
             request_digest=digest(request),
             prompt_id=PROMPT_ID,
+            cost_usd=cost_usd(response.model, response.usage),
         )
         summary = msgspec.structs.replace(summary, tokens_after=estimate_tokens(with_summary(context, summary)))
         try:
@@ -256,7 +272,9 @@ class Agent:
         expected = context.version
         while True:
             try:
-                [acted] = self.store.append(self.stream_id, [_acted(response, request_digest)], expected_version=expected, actor="agent")
+                event = _acted(response, request_digest, self._discarded)
+                [acted] = self.store.append(self.stream_id, [event], expected_version=expected, actor="agent")
+                self._discarded = []
                 return acted
             except ConcurrencyError:
                 now = self._fold()
@@ -274,17 +292,20 @@ class Agent:
         self.on_step(StepReport(self.stream_id, context.steps, estimate_tokens(context), _describe(recorded)))
 
 
-def _acted(response: ModelResponse, context_digest: str) -> AgentActed:
+def _acted(response: ModelResponse, context_digest: str, discarded: list[DiscardedAnswer]) -> AgentActed:
     return AgentActed(
         model=response.model,
         text=response.text,
         reasoning=response.reasoning,
         reasoning_signature=response.reasoning_signature,
+        blocks=list(response.blocks),
         tool_calls=list(response.tool_calls),
         stop_reason=response.stop_reason,
         usage=response.usage,
         latency_ms=response.latency_ms,
         context_digest=context_digest,
+        cost_usd=cost_usd(response.model, response.usage),
+        discarded=list(discarded),
     )
 
 
@@ -362,7 +383,8 @@ def _end_reason(context: Context, recorded: list[RecordedEvent]) -> tuple[str, s
             return "budget_exhausted", f"reached time_limit={run.time_limit:g}s"
     if run.token_budget is not None:
         usage = [r.event.usage for r in since if isinstance(r.event, (AgentActed, ContextSummarized))]
-        spent = sum(u.input_tokens + u.output_tokens for u in usage)
+        usage += [d.usage for r in since if isinstance(r.event, AgentActed) for d in r.event.discarded]
+        spent = sum(u.prompt_tokens + u.output_tokens for u in usage)
         if spent >= run.token_budget:
             return "budget_exhausted", f"spent {spent} tokens of token_budget={run.token_budget}"
     return None

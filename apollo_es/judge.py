@@ -456,7 +456,7 @@ class Judge:
                 log.warning("judge %s: no verdict for %s: %s", self.judge_id, item.action_id, exc)
                 return
             report.requests += 1
-            report.tokens += response.usage.input_tokens + response.usage.output_tokens
+            report.tokens += response.usage.prompt_tokens + response.usage.output_tokens
             try:
                 verdict = parse_verdict(response.text, response.stop_reason)
             except VerdictError as exc:

@@ -15,6 +15,12 @@
     [eval]
     command = "python3 eval.py"    # its last line's last number is the run's score
 
+    [model]                        # how the model is asked (all optional)
+    thinking_budget = 4096         # Anthropic extended thinking: budget_tokens (max_output_tokens must exceed it)
+    temperature = 1.0
+    top_p = 0.95
+    prompt_caching = true          # Anthropic cache_control breakpoints (default on)
+
     [sandbox]                      # where the agent's commands run (all optional)
     kind = "bwrap"                 # or "none": unconfined on the host, recorded and warned about
     network = false                # true for tasks that pip-install or download data
@@ -33,6 +39,7 @@ from __future__ import annotations
 import shutil
 import tomllib
 from pathlib import Path
+from typing import Annotated, Any
 
 import msgspec
 
@@ -43,7 +50,7 @@ from apollo_es.tools import check as check_sandbox
 from events import RunStarted, SandboxSpec, ToolSpec
 from projections.context import HUMAN_TAG
 
-__all__ = ["DEFAULT_SYSTEM_PROMPT", "Task", "TaskError", "load_task", "prepare_workspace", "run_started"]
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "ModelSettings", "Task", "TaskError", "load_task", "prepare_workspace", "run_started", "sampling_of"]
 
 DEFAULT_SYSTEM_PROMPT = f"""You are a research engineer working autonomously on a long research task in a workspace.
 Work in small verified steps: inspect, hypothesize, run experiments, read the results, iterate.
@@ -63,6 +70,16 @@ class WorkspaceSpec(msgspec.Struct, forbid_unknown_fields=True):
     setup: list[str] = []
 
 
+class ModelSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """The task's `[model]` table, turned into `RunStarted.sampling` and `prompt_caching`."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    thinking_budget: Annotated[int, msgspec.Meta(ge=1024)] | None = None
+    """Anthropic's minimum budget is 1,024 tokens."""
+    prompt_caching: bool = True
+
+
 class EvalSpec(msgspec.Struct, forbid_unknown_fields=True):
     command: str
 
@@ -80,6 +97,7 @@ class Task(msgspec.Struct, forbid_unknown_fields=True):
     tags: list[str] = []
     workspace: WorkspaceSpec = msgspec.field(default_factory=WorkspaceSpec)
     eval: EvalSpec | None = None
+    model: ModelSettings = msgspec.field(default_factory=ModelSettings)
     sandbox: SandboxSpec = msgspec.field(default_factory=SandboxSpec)
     """The file's `[sandbox]` table, with its top-level `[env]` table as `sandbox.env`."""
     source_dir: str = ""
@@ -136,7 +154,21 @@ def prepare_workspace(task: Task, root: str | Path) -> Path:
     return root
 
 
-def run_started(task: Task, *, model: str, provider: str, workspace: Path, sampling: dict | None = None) -> RunStarted:
+def sampling_of(task: Task, provider: str) -> dict[str, Any]:
+    """The request settings the task's `[model]` table asks for, in the provider's own terms."""
+    settings = task.model
+    sampling: dict[str, Any] = {k: v for k, v in (("temperature", settings.temperature), ("top_p", settings.top_p)) if v is not None}
+    if settings.thinking_budget is not None:
+        if provider != "anthropic":
+            raise TaskError(f"[model] thinking_budget is for the anthropic provider, not {provider!r}")
+        if task.max_output_tokens <= settings.thinking_budget:
+            raise TaskError(f"max_output_tokens ({task.max_output_tokens}) must exceed [model] thinking_budget "
+                            f"({settings.thinking_budget}): the thinking is part of the answer")
+        sampling["thinking"] = {"type": "enabled", "budget_tokens": settings.thinking_budget}
+    return sampling
+
+
+def run_started(task: Task, *, model: str, provider: str, workspace: Path) -> RunStarted:
     """The first event of a run of this task."""
     return RunStarted(
         task_id=task.id,
@@ -145,7 +177,8 @@ def run_started(task: Task, *, model: str, provider: str, workspace: Path, sampl
         tools=[ToolSpec(**spec) for spec in TOOL_SPECS],
         model=model,
         provider=provider,
-        sampling=sampling or {},
+        sampling=sampling_of(task, provider),
+        prompt_caching=task.model.prompt_caching and provider == "anthropic",
         summary_threshold=task.summary_threshold,
         context_limit=task.context_limit,
         max_output_tokens=task.max_output_tokens,

@@ -47,10 +47,45 @@ class ToolCall(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=Fals
 
 
 class Usage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Tokens of one model call. `input_tokens` are the prompt tokens billed at the full price:
+    with prompt caching they exclude the tokens written to (`cache_write_tokens`) and read from
+    (`cache_read_tokens`) the cache, as Anthropic reports them; OpenAI-compatible servers'
+    `cached_tokens` are moved out of `input_tokens` the same way."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Every token of the prompt, cached or not: what the context really holds."""
+        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+
+class ContentBlock(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """One content block of an Anthropic answer, kept exactly as received so it can be sent back
+    unmodified (the API checks thinking blocks' signatures). A `tool_use` block names its call
+    by `id`; the call itself is in `AgentActed.tool_calls`."""
+
+    type: Literal["text", "thinking", "redacted_thinking", "tool_use"]
+    text: str = ""
+    """A text block's text, or a thinking block's thinking."""
+    signature: str = ""
+    data: str = ""
+    """A redacted_thinking block's encrypted content."""
+    id: str = ""
+
+
+class DiscardedAnswer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """An answer the agent received and threw away because a person wrote meanwhile: paid for,
+    never shown to the model again, never trained on."""
+
+    model: str = ""
+    usage: Usage = msgspec.field(default_factory=Usage)
+    cost_usd: float | None = None
+    latency_ms: float = 0.0
+    request_digest: str = ""
 
 
 class SandboxSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
@@ -96,6 +131,9 @@ class RunStarted(_Event):
     """Input plus output tokens over all model calls of the run."""
     eval_command: str = ""
     tags: list[str] = msgspec.field(default_factory=list)
+    prompt_caching: bool = False
+    """Whether requests carry Anthropic `cache_control` breakpoints (new runs: on unless the task
+    turns it off; False for runs recorded before, so their digests still verify)."""
     sandbox: SandboxSpec | None = None
     """How tool processes were confined; None on runs recorded before sandboxes (and imports)."""
 
@@ -111,6 +149,13 @@ class AgentActed(_Event):
     usage: Usage = msgspec.field(default_factory=Usage)
     latency_ms: float = 0.0
     context_digest: str = ""
+    blocks: list[ContentBlock] = msgspec.field(default_factory=list)
+    """An Anthropic answer's content blocks, in order, as received; `text`, `reasoning` (the
+    visible thinking only) and `tool_calls` are derived from them. Empty for other providers."""
+    cost_usd: float | None = None
+    """What the call cost, from the price table (None: the model has no price there)."""
+    discarded: list[DiscardedAnswer] = msgspec.field(default_factory=list)
+    """Answers to earlier requests dropped because a person wrote while the model thought."""
 
 
 class ToolObserved(_Event):
@@ -147,6 +192,7 @@ class ContextSummarized(_Event):
     request_digest: str = ""
     prompt_id: str = ""
     """Which summarization prompt built the request, so it can be re-derived from the log."""
+    cost_usd: float | None = None
 
 
 class ActionJudged(_Event):

@@ -32,6 +32,7 @@ from apollo_es.store import RecordedEvent
 from events import (
     AgentActed,
     BranchCreated,
+    ContentBlock,
     ContextSummarized,
     HumanIntervened,
     RunFinished,
@@ -59,6 +60,8 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
     content: str = ""
     reasoning: str = ""
     reasoning_signature: str = ""
+    blocks: tuple[ContentBlock, ...] = ()
+    """An Anthropic answer's content blocks as received, rendered back verbatim."""
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     tool_name: str = ""
@@ -147,7 +150,7 @@ class Folder:
                 Message(
                     role="assistant", source="agent", version=version, event_id=item.event_id, content=event.text,
                     reasoning=event.reasoning, reasoning_signature=event.reasoning_signature,
-                    tool_calls=tuple(event.tool_calls),
+                    blocks=tuple(event.blocks), tool_calls=tuple(event.tool_calls),
                 )
             )
             self.pending = {call.id: call for call in event.tool_calls}
@@ -203,13 +206,14 @@ class Folder:
 def estimate_tokens(context: Context) -> int:
     """Tokens the next request would take, without a tokenizer.
 
-    The latest model call reported its exact input tokens; what was added since (its own
+    The latest model call reported its exact prompt tokens (cached ones included: with prompt
+    caching, `input_tokens` alone is only the uncached tail); what was added since (its own
     output, tool results, human messages) is estimated at 4 characters a token. With no
     call since the last summary, everything is estimated that way.
     """
-    if context.last_usage is not None and context.last_usage.input_tokens > 0:
+    if context.last_usage is not None and context.last_usage.prompt_tokens > 0:
         return (
-            context.last_usage.input_tokens
+            context.last_usage.prompt_tokens
             + context.last_usage.output_tokens
             + context.chars_since_usage // CHARS_PER_TOKEN
         )

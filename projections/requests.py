@@ -13,12 +13,15 @@ from typing import Any
 
 import msgspec
 
+from events import ToolCall
 from projections.context import Context, Message
 
 __all__ = ["EMPTY_TURN", "anthropic_request", "digest", "openai_request", "render_request"]
 
 EMPTY_TURN = "(empty response)"
 """Stands in for an assistant turn with no text and no tool call, which the APIs refuse."""
+
+_EPHEMERAL = {"type": "ephemeral"}
 
 _encoder = msgspec.json.Encoder(order="sorted")
 
@@ -54,13 +57,30 @@ def anthropic_request(context: Context) -> dict[str, Any]:
         "max_tokens": run.max_output_tokens if run else 8192,
         "messages": turns,
     }
+    caching = run is not None and run.prompt_caching
     if context.system:
-        body["system"] = context.system
+        body["system"] = [{"type": "text", "text": context.system, "cache_control": _EPHEMERAL}] if caching else context.system
     if context.tools:
         body["tools"] = [{"name": t.name, "description": t.description, "input_schema": t.input_schema} for t in context.tools]
+    if caching:
+        _mark_cache_breakpoints(turns)
     if run:
         body.update(run.sampling)
     return body
+
+
+def _mark_cache_breakpoints(turns: list[dict[str, Any]]) -> None:
+    """Anthropic prompt caching: a breakpoint on the last block of the last two user turns.
+
+    The system prompt's breakpoint caches tools and system; the newest user turn's writes the
+    whole conversation so far, which the next request reads back (its own prefix is this one);
+    the one before is where this request reads from, should the newest have been cut short of
+    the cache's minimum. Three breakpoints in all, within the API's four. Only user turns are
+    marked: thinking blocks may not carry `cache_control`.
+    """
+    user_turns = [turn for turn in turns if turn["role"] == "user"][-2:]
+    for turn in user_turns:
+        turn["content"][-1] = {**turn["content"][-1], "cache_control": _EPHEMERAL}
 
 
 def _anthropic_blocks(message: Message) -> list[dict[str, Any]]:
@@ -68,6 +88,8 @@ def _anthropic_blocks(message: Message) -> list[dict[str, Any]]:
         return [{"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.content, "is_error": message.is_error}]
     if message.role == "user":
         return [{"type": "text", "text": message.content}]
+    if message.blocks:
+        return _received_blocks(message)
     blocks: list[dict[str, Any]] = []
     if message.reasoning and message.reasoning_signature:
         blocks.append({"type": "thinking", "thinking": message.reasoning, "signature": message.reasoning_signature})
@@ -78,6 +100,23 @@ def _anthropic_blocks(message: Message) -> list[dict[str, Any]]:
     if not message.content and not message.tool_calls:
         blocks.append({"type": "text", "text": EMPTY_TURN})
     return blocks
+
+
+def _received_blocks(message: Message) -> list[dict[str, Any]]:
+    """An Anthropic answer's blocks, in the order and with the content they were received."""
+    calls = {call.id: call for call in message.tool_calls}
+    out: list[dict[str, Any]] = []
+    for block in message.blocks:
+        if block.type == "thinking":
+            out.append({"type": "thinking", "thinking": block.text, "signature": block.signature})
+        elif block.type == "redacted_thinking":
+            out.append({"type": "redacted_thinking", "data": block.data})
+        elif block.type == "text":
+            out.append({"type": "text", "text": block.text})
+        else:
+            call = calls[block.id]
+            out.append({"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments})
+    return out
 
 
 def openai_request(context: Context) -> dict[str, Any]:
@@ -116,8 +155,17 @@ def _openai_message(message: Message) -> dict[str, Any]:
             {
                 "id": call.id,
                 "type": "function",
-                "function": {"name": call.name, "arguments": call.raw_arguments or msgspec.json.encode(call.arguments).decode()},
+                "function": {"name": call.name, "arguments": _openai_arguments(call)},
             }
             for call in message.tool_calls
         ]
     return out
+
+
+def _openai_arguments(call: ToolCall) -> str:
+    """A call's arguments as the JSON text servers expect. Arguments the model wrote as invalid
+    JSON are recorded raw, but sent back wrapped as `{"_raw": "..."}`: vLLM parses every earlier
+    call's arguments, so one broken string would fail every later request of the run. The
+    model still sees what it wrote, and the error observation that answered it."""
+    arguments = {"_raw": call.raw_arguments} if call.raw_arguments is not None else call.arguments
+    return msgspec.json.encode(arguments).decode()

@@ -35,10 +35,9 @@ from apollo_es.models import (
     make_client,
     save_recording,
 )
-from apollo_es.models.anthropic import REDACTED_THINKING
 from apollo_es.models.openai import parse_arguments, split_think
 from apollo_es.models.retry import Failure, parse_retry_after
-from events import AgentActed, RunStarted, ToolCall, ToolObserved, ToolSpec, Usage
+from events import AgentActed, ContentBlock, RunStarted, ToolCall, ToolObserved, ToolSpec, Usage
 from projections.context import fold
 from projections.requests import render_request
 
@@ -181,7 +180,12 @@ async def test_anthropic_parses_thinking_text_and_tool_use(tmp_path: Path) -> No
     assert response == ModelResponse(
         text="Running them.",
         reasoning="Check the tests.",
-        reasoning_signature="sig-abc",
+        blocks=[
+            ContentBlock(type="thinking", text="Check the tests.", signature="sig-abc"),
+            ContentBlock(type="text", text="Running "),
+            ContentBlock(type="text", text="them."),
+            ContentBlock(type="tool_use", id="toolu_1"),
+        ],
         tool_calls=[ToolCall(id="toolu_1", name="bash", arguments={"cmd": "pytest", "env": {"A": 1}})],
         stop_reason="tool_use",
         usage=Usage(input_tokens=10, output_tokens=5, cache_read_tokens=7, cache_write_tokens=3),
@@ -201,7 +205,8 @@ async def test_anthropic_redacted_thinking_and_null_cache_usage() -> None:
     body = message({"type": "redacted_thinking", "data": "EmwKAhgB..."}, {"type": "text", "text": "ok"},
                    cache_read_input_tokens=None, cache_creation_input_tokens=None)
     response = await anthropic_client(Server(httpx2, (200, body))).complete({"model": "m", "max_tokens": 5, "messages": []})
-    assert (response.reasoning, response.reasoning_signature, response.text) == (REDACTED_THINKING, "", "ok")
+    assert (response.reasoning, response.text) == ("", "ok")  # encrypted: never a training target
+    assert response.blocks == [ContentBlock(type="redacted_thinking", data="EmwKAhgB..."), ContentBlock(type="text", text="ok")]
     assert response.usage == Usage(input_tokens=10, output_tokens=5)
 
 
@@ -338,7 +343,8 @@ async def test_openai_parses_tool_calls_and_sends_the_body_as_given(tmp_path: Pa
         ToolCall(id="call_2", name="read_file", arguments={"path": "a.py"}),
     ]
     assert (response.text, response.reasoning, response.stop_reason, response.model) == ("", "", "tool_calls", "glm-4.5-air")
-    assert response.usage == Usage(input_tokens=100, output_tokens=20, cache_read_tokens=64)
+    assert response.usage == Usage(input_tokens=36, output_tokens=20, cache_read_tokens=64)  # 100 prompt tokens, 64 cached
+    assert response.usage.prompt_tokens == 100
     [sent] = server.requests
     assert str(sent.url) == "http://llm.local:8000/v1/chat/completions"
     assert sent.headers["authorization"] == "Bearer sk-local"

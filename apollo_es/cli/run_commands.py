@@ -20,7 +20,7 @@ from apollo_es.interventions import intervene as intervene_run
 from apollo_es.cli._common import console, db_option, json_option, open_store, print_json, stderr_is_tty, with_store
 from apollo_es.models import ModelClient, RecordedClient, load_recording, make_client
 from apollo_es.store import NO_STREAM, EventStore
-from apollo_es.tasks import load_task, prepare_workspace, run_started
+from apollo_es.tasks import load_task, prepare_workspace, run_started, sampling_of
 from apollo_es.tools import Workspace
 from apollo_es.tools import check as check_sandbox
 from events import ContextSummarized, RunFinished
@@ -65,13 +65,15 @@ def make_model_client(provider: str, model: str, base_url: str | None, recording
 @click.option("--time-limit", type=click.FloatRange(min=1), help="Override the task's time_limit (seconds).")
 @click.option("--token-budget", type=click.IntRange(min=1), help="Override the task's token_budget.")
 @click.option("--summary-threshold", type=click.IntRange(min=1), help="Override the task's summary_threshold (tokens).")
+@click.option("--thinking-budget", type=click.IntRange(min=1024), help="Anthropic extended thinking: budget tokens per answer (overrides [model] thinking_budget).")
+@click.option("--prompt-caching/--no-prompt-caching", default=None, help="Anthropic prompt caching (default: the task's [model] prompt_caching, on).")
 @click.option("--sandbox", "sandbox_kind", type=click.Choice(["bwrap", "none"]),
               help="Where the agent's commands run (default: the task's [sandbox] kind, bwrap). "
                    "'none' runs them unconfined on this host; it warns and is recorded in the run.")
 @db_option
 @json_option
 def run(task_file, model, provider, base_url, recording, run_id, workspace_dir, max_steps, time_limit, token_budget, summary_threshold,
-        sandbox_kind, db_path, as_json):
+        thinking_budget, prompt_caching, sandbox_kind, db_path, as_json):
     """Run an agent on a task file until it finishes, is stopped or runs out of budget.
 
     From another terminal, `apollo-es intervene RUN -m "..."` steers it and `apollo-es stop RUN`
@@ -86,12 +88,15 @@ def run(task_file, model, provider, base_url, recording, run_id, workspace_dir, 
     task = msgspec.structs.replace(task, **{k: v for k, v in overrides.items() if v is not None})
     if sandbox_kind:
         task = msgspec.structs.replace(task, sandbox=msgspec.structs.replace(task.sandbox, kind=sandbox_kind))
+    model_overrides = {"thinking_budget": thinking_budget, "prompt_caching": prompt_caching}
+    task = msgspec.structs.replace(task, model=msgspec.structs.replace(task.model, **{k: v for k, v in model_overrides.items() if v is not None}))
     if task.sandbox.kind == "none":
         click.echo("Warning: sandbox 'none': the agent's commands run unconfined on this host, "
                    "with your user's rights (recorded in the run's RunStarted).", err=True)
     provider = provider or "anthropic"
     client = make_model_client(provider, model, base_url, recording)
-    check_sandbox(task.sandbox)  # before the store or the workspace is made
+    sampling_of(task, client.provider)  # before the store or the workspace is made, like the sandbox
+    check_sandbox(task.sandbox)
     run_id = run_id or f"{task.id}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     Path(db_path).parent.mkdir(parents=True, exist_ok=True)
     with open_store(db_path, create=True) as store:

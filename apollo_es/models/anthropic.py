@@ -32,12 +32,9 @@ from apollo_es.models.base import (
     redact,
 )
 from apollo_es.models.retry import Failure, RetryPolicy, call_with_retries, is_retryable_status
-from events import ToolCall, Usage
+from events import ContentBlock, ToolCall, Usage
 
-__all__ = ["REDACTED_THINKING", "AnthropicClient", "parse_message"]
-
-REDACTED_THINKING = "[redacted thinking]"
-"""Stands in for a `redacted_thinking` block, whose content is encrypted."""
+__all__ = ["AnthropicClient", "parse_message"]
 
 _NAMED = ("model", "max_tokens", "messages")
 """The fields `messages.create` requires by name. Everything else travels in `extra_body`,
@@ -47,6 +44,9 @@ and the body must be sent exactly as rendered."""
 
 class AnthropicClient:
     """A `ModelClient` for the Anthropic Messages API.
+
+    `timeout` bounds each attempt as a whole (connect, every read, the whole body), so a
+    server that drips a byte at a time fails the attempt at the deadline like a silent one.
 
     Example:
         client = AnthropicClient("claude-sonnet-4-5")
@@ -93,11 +93,13 @@ class AnthropicClient:
 
         async def attempt() -> ModelResponse:
             started = time.perf_counter()
-            raw = await self._sdk.messages.with_raw_response.create(
-                **named, extra_body=extra or None, timeout=self.timeout
-            )
+            with anyio.fail_after(self.timeout):  # the whole answer, not each read: a drip cannot hold us
+                raw = await self._sdk.messages.with_raw_response.create(
+                    **named, extra_body=extra or None, timeout=self.timeout
+                )
+                content = raw.http_response.content
             latency_ms = (time.perf_counter() - started) * 1000
-            return parse_message(raw.http_response.content, latency_ms=latency_ms, default_model=body["model"])
+            return parse_message(content, latency_ms=latency_ms, default_model=body["model"])
 
         return await call_with_retries(attempt, self.policy, classify=self._classify, sleep=self._sleep)
 
@@ -115,7 +117,7 @@ class AnthropicClient:
                 exc.response.headers.get("retry-after"),
                 retryable=is_retryable_status(status) or kind == "overloaded_error",
             )
-        if isinstance(exc, anthropic.APITimeoutError):
+        if isinstance(exc, (anthropic.APITimeoutError, TimeoutError)):
             return Failure(message=f"anthropic API: no answer within {self.timeout:g} s", retryable=True)
         if isinstance(exc, anthropic.APIConnectionError):
             cause = exc.__cause__ or exc
@@ -138,7 +140,7 @@ class _Thinking(msgspec.Struct, tag_field="type", tag="thinking"):
 
 
 class _RedactedThinking(msgspec.Struct, tag_field="type", tag="redacted_thinking"):
-    pass
+    data: str
 
 
 class _ToolUse(msgspec.Struct, tag_field="type", tag="tool_use"):
@@ -165,29 +167,29 @@ class _Message(msgspec.Struct):
 def parse_message(body: bytes, *, latency_ms: float = 0.0, default_model: str = "") -> ModelResponse:
     """A Messages API response body as a `ModelResponse`; `ModelOutputError` if it is not one.
 
-    Text blocks are joined as they are (they are consecutive pieces of one answer). Several
-    thinking blocks are joined with blank lines and keep the first signature.
+    Every content block is kept, in order, as received (`blocks`), because thinking blocks
+    must go back to the API unmodified. From them: `text` joins the text blocks (consecutive
+    pieces of one answer), `reasoning` the visible thinking (blank lines between blocks);
+    redacted thinking is encrypted, so it is in `blocks` only and never a training target.
     """
     message = decode_body(body, _Message, "anthropic API")
-    text: list[str] = []
-    reasoning: list[str] = []
-    signature = ""
+    blocks: list[ContentBlock] = []
     calls: list[ToolCall] = []
     for block in message.content:
         if isinstance(block, _Text):
-            text.append(block.text)
+            blocks.append(ContentBlock(type="text", text=block.text))
         elif isinstance(block, _Thinking):
-            reasoning.append(block.thinking)
-            signature = signature or block.signature
+            blocks.append(ContentBlock(type="thinking", text=block.thinking, signature=block.signature))
         elif isinstance(block, _RedactedThinking):
-            reasoning.append(REDACTED_THINKING)
+            blocks.append(ContentBlock(type="redacted_thinking", data=block.data))
         else:
+            blocks.append(ContentBlock(type="tool_use", id=block.id))
             calls.append(ToolCall(id=block.id, name=block.name, arguments=block.input))
     usage = message.usage
     return ModelResponse(
-        text="".join(text),
-        reasoning="\n\n".join(reasoning),
-        reasoning_signature=signature,
+        text="".join(b.text for b in blocks if b.type == "text"),
+        reasoning="\n\n".join(b.text for b in blocks if b.type == "thinking"),
+        blocks=blocks,
         tool_calls=calls,
         stop_reason=message.stop_reason or "",
         usage=Usage(

@@ -13,7 +13,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import msgspec
 
 from apollo_es.errors import ApolloError
-from events import AgentActed, ToolCall, Usage
+from events import AgentActed, ContentBlock, ToolCall, Usage
 
 __all__ = [
     "ModelClient",
@@ -64,6 +64,8 @@ class ModelResponse(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     text: str = ""
     reasoning: str = ""
     reasoning_signature: str = ""
+    blocks: list[ContentBlock] = msgspec.field(default_factory=list)
+    """Anthropic answers: every content block as received (see `AgentActed.blocks`)."""
     tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
     stop_reason: str = ""
     usage: Usage = msgspec.field(default_factory=Usage)
@@ -77,6 +79,7 @@ class ModelResponse(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             text=event.text,
             reasoning=event.reasoning,
             reasoning_signature=event.reasoning_signature,
+            blocks=list(event.blocks),
             tool_calls=list(event.tool_calls),
             stop_reason=event.stop_reason,
             usage=event.usage,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,7 +41,8 @@ class OpenAIClient:
     """A `ModelClient` for `POST {base_url}/chat/completions`.
 
     `base_url` is taken as given and includes the API prefix, e.g.
-    `http://localhost:8000/v1`. The key (argument or `OPENAI_API_KEY`) is optional: local
+    `http://localhost:8000/v1`. `timeout` bounds each attempt as a whole (connect, every
+    read), so a server that drips a byte at a time fails at the deadline. The key (argument or `OPENAI_API_KEY`) is optional: local
     servers usually need none.
 
     Example:
@@ -79,7 +81,8 @@ class OpenAIClient:
 
         async def attempt() -> ModelResponse:
             started = time.perf_counter()
-            response = await self._http.post(self.url, json=body, headers=self._headers, timeout=self.timeout)
+            with anyio.fail_after(self.timeout):  # the whole answer, not each read: a drip cannot hold us
+                response = await self._http.post(self.url, json=body, headers=self._headers, timeout=self.timeout)
             response.raise_for_status()
             latency_ms = (time.perf_counter() - started) * 1000
             return parse_completion(response.content, latency_ms=latency_ms, default_model=body["model"])
@@ -98,7 +101,7 @@ class OpenAIClient:
                 redact(f"{self.url}: HTTP {status}: {_server_message(exc.response)}", self.api_key), status,
                 exc.response.headers.get("retry-after"),
             )
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
             return Failure(message=f"{self.url}: no answer within {self.timeout:g} s", retryable=True)
         if isinstance(exc, httpx.TransportError):
             return Failure(message=redact(f"{self.url}: connection failed: {exc!r}", self.api_key), retryable=True)
@@ -174,20 +177,23 @@ def parse_completion(body: bytes, *, latency_ms: float = 0.0, default_model: str
     if not reasoning:
         reasoning, text = split_think(text)
     calls = []
-    for index, call in enumerate(message.tool_calls or []):
+    for call in message.tool_calls or []:
         arguments, raw = parse_arguments(call.function.arguments)
-        calls.append(ToolCall(id=call.id or f"call_{index}", name=call.function.name, arguments=arguments, raw_arguments=raw))
+        # Servers that send no id get one unique in the whole run, not call_0 on every turn.
+        calls.append(ToolCall(id=call.id or f"call_{uuid.uuid4().hex[:24]}", name=call.function.name,
+                              arguments=arguments, raw_arguments=raw))
     usage = completion.usage or _Usage()
     details = usage.prompt_tokens_details or _PromptDetails()
+    cached = min(details.cached_tokens or 0, usage.prompt_tokens)
     return ModelResponse(
         text=text,
         reasoning=reasoning,
         tool_calls=calls,
         stop_reason=choice.finish_reason or "",
         usage=Usage(
-            input_tokens=usage.prompt_tokens,
+            input_tokens=usage.prompt_tokens - cached,  # prompt_tokens counts the cached ones too
             output_tokens=usage.completion_tokens,
-            cache_read_tokens=details.cached_tokens or 0,
+            cache_read_tokens=cached,
         ),
         model=completion.model or default_model,
         latency_ms=latency_ms,
