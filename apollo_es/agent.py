@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any, TypeVar
 
 import anyio
 import msgspec
 
-from apollo_es.errors import ApolloError, ConcurrencyError
+from apollo_es.errors import ApolloError, ConcurrencyError, PayloadTooLarge
 from apollo_es.models import ModelClient, ModelError, ModelResponse
 from apollo_es.models.prices import cost_usd
 from apollo_es.redaction import Redactor
@@ -38,6 +39,7 @@ from events import (
     BranchCreated,
     ContextSummarized,
     DiscardedAnswer,
+    HumanIntervened,
     RunFinished,
     RunStarted,
     ToolCall,
@@ -59,6 +61,11 @@ READ_ONLY_TOOLS = frozenset(
 SAFE_TO_REPEAT = READ_ONLY_TOOLS | {"finish"}
 """Tools run again when their result was lost in a crash: the read-only ones, and finish,
 whose only effect is the `RunFinished` recorded after it."""
+
+STOP_POLL_S = 0.2
+"""How often a running model call or tool looks for a person's stop."""
+
+T = TypeVar("T")
 
 NO_TOOL_FEEDBACK = "No tool was called. Call exactly one tool; call finish(answer) when the task is done."
 NOT_RUN_AFTER_FINISH = "Not run: finish() in the same turn ended the task."
@@ -138,11 +145,18 @@ class Agent:
                 continue
             request = render_request(context)
             try:
-                response = await self.client.complete(request)
+                response, stopped = await self._unless_stopped(lambda: self.client.complete(request))
             except ModelError as exc:
                 log.error("model call failed for %s: %s", self.stream_id, exc)
                 return self._finish("failed", error=str(exc))
-            acted = self._record_action(context, request, response)
+            if stopped:
+                continue  # the fold sees the stop: the run ends without waiting for the answer
+            try:
+                acted = self._record_action(context, request, response)
+            except PayloadTooLarge as exc:
+                # Asking again would most likely pay for the same answer: the run ends, and says why.
+                return self._finish("failed", error=f"the model's answer cannot be recorded: {exc}. "
+                                                    "Lower max_output_tokens (or raise the store's max_payload_bytes), then resume")
             if acted is None:
                 log.info("%s changed while the model was answering; asking again", self.stream_id)
                 self._discarded.append(DiscardedAnswer(
@@ -183,7 +197,46 @@ class Agent:
                 output=f"The arguments of {call.name} are not a JSON object: {call.raw_arguments[:500]!r}",
                 is_error=True,
             )
-        return await anyio.to_thread.run_sync(self.workspace.execute, call.name, call.arguments)
+        observation, _ = await self._unless_stopped(
+            lambda: anyio.to_thread.run_sync(self.workspace.execute, call.name, call.arguments),
+            on_stop=lambda: anyio.to_thread.run_sync(self.workspace.interrupt),
+        )
+        return observation
+
+    async def _unless_stopped(
+        self, work: Callable[[], Awaitable[T]], on_stop: Callable[[], Awaitable[object]] | None = None
+    ) -> tuple[T | None, bool]:
+        """`await work()` while watching the log for a person's stop; (result, whether one came).
+
+        A stop cancels `work` (a model call: nothing to wait for), or, given `on_stop`, calls it
+        and lets `work` finish (a tool: its process is killed, and its output is still recorded).
+        """
+        seen = self.store.head(self.stream_id)
+        outcome: dict[str, Any] = {}
+        async with anyio.create_task_group() as group:
+            async def watch() -> None:
+                nonlocal seen
+                while True:
+                    await anyio.sleep(STOP_POLL_S)
+                    head = self.store.head(self.stream_id)
+                    if any(_is_stop(self.store.event(self.stream_id, v).event) for v in range(seen + 1, head + 1)):
+                        outcome["stopped"] = True
+                        if on_stop is None:
+                            group.cancel_scope.cancel()
+                        else:
+                            await on_stop()
+                        return
+                    seen = head
+
+            group.start_soon(watch)
+            try:
+                outcome["result"] = await work()
+            except Exception as exc:  # raised below, outside the group, so not wrapped in an ExceptionGroup
+                outcome["error"] = exc
+            group.cancel_scope.cancel()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("result"), outcome.get("stopped", False)
 
     async def _recover_lost_observations(self, context: Context, recorded: list[RecordedEvent]) -> None:
         finished = _submitted_answer(recorded) is not None  # as in _act: nothing runs after a finish
@@ -329,6 +382,10 @@ def _describe(recorded: RecordedEvent) -> str:
     if isinstance(event, ToolObserved):
         return ("error: " if event.is_error else "") + event.output[:60].replace("\n", " ")
     return recorded.kind
+
+
+def _is_stop(event: object) -> bool:
+    return isinstance(event, HumanIntervened) and event.kind == "stop"
 
 
 def _submitted_answer(recorded: list[RecordedEvent]) -> str | None:

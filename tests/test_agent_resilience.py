@@ -532,8 +532,8 @@ def test_malformed_and_unknown_tool_calls_become_errors_the_agent_sees(tmp_path,
     # each error is the last message of the next request, as the tool result of its call
     assert server.requests[2]["messages"][-1] == {"role": "tool", "tool_call_id": "call_1", "content": malformed.output}
     assert server.requests[3]["messages"][-1] == {"role": "tool", "tool_call_id": "call_2", "content": unknown.output}
-    # the malformed call is sent back to the model as it wrote it
-    assert server.requests[2]["messages"][-2]["tool_calls"][0]["function"]["arguments"] == "{not json"
+    # the malformed call is sent back as valid JSON (vLLM parses it) that still shows what the model wrote
+    assert server.requests[2]["messages"][-2]["tool_calls"][0]["function"]["arguments"] == '{"_raw":"{not json"}'
     events = store.read("run-1")
     check_log(events)
     assert sum(isinstance(e.event, AgentActed) for e in events) == 3

@@ -77,3 +77,11 @@ def test_sandbox_benchmark_smoke(tmp_path: Path) -> None:
     assert set(rows) == {"run_command", "added_per_command", "write_file_loop"}
     assert all(row["baseline"] > 0 and row["ours"] > 0 for row in rows.values())
     assert rows["added_per_command"]["baseline"] == 30.0 and isinstance(rows["added_per_command"]["passed"], bool)
+
+
+def test_cost_benchmark_smoke(tmp_path: Path) -> None:
+    rows = {row["key"]: row for row in run_smoke("cost.py", tmp_path)["rows"]}
+    assert set(rows) == {"full_price_prompt_tokens", "cost"}
+    assert rows["cost"]["details"]["cheaper_by"] > 1 and isinstance(rows["cost"]["passed"], bool)
+    details = rows["full_price_prompt_tokens"]["details"]
+    assert details["cache_read_tokens"] > details["cache_write_tokens"] > 0

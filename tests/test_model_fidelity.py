@@ -4,6 +4,7 @@ token counts, GLM-on-vLLM safe requests, answers thrown away and what they cost,
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -245,3 +246,56 @@ def test_a_dripping_server_is_cut_at_the_deadline(provider: str) -> None:
     with pytest.raises(ModelError, match=r"no answer within 0\.5 s"):
         anyio.run(client.complete, request)
     assert time.monotonic() - started < 3
+
+
+# -- a stop interrupts what is running ----------------------------------------------------------
+
+
+def stop_after(db: Path, seconds: float) -> threading.Timer:
+    """A person's stop, appended from another connection `seconds` from now."""
+    def stop() -> None:
+        with EventStore(db) as other:
+            other.append("run-1", [HumanIntervened(annotator="ana", kind="stop", message="Stop now.")], actor="human:ana")
+
+    timer = threading.Timer(seconds, stop)
+    timer.start()
+    return timer
+
+
+def test_a_stop_interrupts_a_30_s_model_call(tmp_path: Path) -> None:
+    async def slow(request: httpx2.Request) -> httpx2.Response:
+        await anyio.sleep(30)
+        return httpx2.Response(200, json=tool_use("finish", {"answer": "too late"}))
+
+    client = AnthropicClient("claude-test", api_key="sk-test-key-123", http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(slow)))
+    with EventStore(tmp_path / "a.db") as store:
+        workspace = start(store, tmp_path)
+        timer = stop_after(tmp_path / "a.db", 0.5)
+        started = time.monotonic()
+        finished = drive(store, client, workspace)
+        timer.join()
+        assert finished.status == "stopped" and time.monotonic() - started < 0.5 + 2
+        assert not actions(store)  # the interrupted answer never came
+
+
+def test_a_stop_interrupts_a_30_s_command(tmp_path: Path) -> None:
+    server = ScriptedAnthropic([tool_use("run_command", {"command": "echo started; sleep 30", "timeout": 60}),
+                                tool_use("finish", {"answer": "never asked"})])
+    with EventStore(tmp_path / "a.db") as store:
+        workspace = start(store, tmp_path)
+        timer = stop_after(tmp_path / "a.db", 1.0)
+        started = time.monotonic()
+        finished = drive(store, server.client(), workspace)
+        timer.join()
+        observed = [e.event for e in store.read("run-1") if isinstance(e.event, ToolObserved)]
+    assert finished.status == "stopped" and time.monotonic() - started < 1.0 + 2
+    assert observed[0].is_error and observed[0].output.startswith("started\n") and "interrupted: a person stopped the run" in observed[0].output
+    assert len(server.requests) == 1
+
+
+def test_an_answer_too_large_to_record_ends_the_run_failed_with_the_reason(tmp_path: Path) -> None:
+    server = ScriptedAnthropic([tool_use("think", {"thought": "x" * 50_000})])
+    with EventStore(tmp_path / "a.db", max_payload_bytes=20_000) as store:
+        finished = drive(store, server.client(), start(store, tmp_path))
+        assert finished.status == "failed" and "cannot be recorded" in finished.error and "max_output_tokens" in finished.error
+        assert store.read("run-1")[-1].event == finished and store.verify().ok

@@ -18,9 +18,11 @@ import io
 import itertools
 import os
 import re
+import select
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -44,6 +46,11 @@ _MAX_MATCH_LINE_CHARS = 300
 def _lines(text: str) -> list[str]:
     """Lines as a file iterator with newline="" gives them: \\n, \\r\\n and \\r end a line, kept."""
     return list(io.StringIO(text, newline=""))
+
+
+def _exited(pid: int) -> bool:
+    """Whether our child `pid` has exited, without reaping it."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def _count_occurrences(text: str, needle: str) -> int:
@@ -84,6 +91,9 @@ class Workspace:
         self.sandbox = Sandbox(sandbox or SandboxSpec(), self.root, self.state_dir)
         self.files = Root(self.root, aliases=tuple(sorted({str(self.root), self.sandbox.workdir})))
         self.sessions = Sessions(self.state_dir / "sessions", self.sandbox, output_cap=output_cap, idle_after=idle_after)
+        self._lock = threading.Lock()  # between a running command and `interrupt` from another thread
+        self._running: subprocess.Popen[bytes] | None = None
+        self._interrupted = False
         self._handlers: dict[str, Callable[..., Observation]] = {
             "run_command": self._run_command,
             "create_session": self.sessions.create,
@@ -140,21 +150,40 @@ class Workspace:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+            with self._lock:
+                self._running = proc
+            # Wait on a pidfd, which does not reap: until proc.wait() below, the pid (and so the
+            # process group) cannot go to another process, so ending the group is always safe.
+            pidfd = os.pidfd_open(proc.pid)
             try:
-                proc.wait(timeout=timeout)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            # Also ends what the command left in the background.
-            terminate(proc.pid, lambda: proc.poll() is None, sandboxed=self.sandbox.confined)
+                timed_out = not select.select([pidfd], [], [], timeout)[0]
+            finally:
+                os.close(pidfd)
+            with self._lock:
+                # Also ends what the command left in the background.
+                terminate(proc.pid, lambda: not _exited(proc.pid), sandboxed=self.sandbox.confined)
+                self._running = None
             proc.wait()
             text = read_bounded(out)
+        interrupted, self._interrupted = self._interrupted, False
+        if interrupted:
+            footer = "[interrupted: a person stopped the run; the command and every process it started were killed]"
+            return capped(text, self.output_cap, footer, is_error=True, exit_code=proc.returncode)
         if timed_out:
             footer = f"[command timed out after {timeout:g} s; it and every process it started were killed]"
             return capped(text, self.output_cap, footer, is_error=True, exit_code=proc.returncode)
         if proc.returncode != 0:
             return capped(text, self.output_cap, f"[exit code {proc.returncode}]", is_error=True, exit_code=proc.returncode)
         return capped(text or "(no output)", self.output_cap, exit_code=0)
+
+    def interrupt(self) -> None:
+        """End the command running now, from another thread, as its timeout would (a person's
+        stop). Sessions go on: they are ended by kill_session or at the end of the rollout."""
+        with self._lock:
+            proc = self._running
+            if proc is not None:
+                self._interrupted = True
+                terminate(proc.pid, lambda: not _exited(proc.pid), sandboxed=self.sandbox.confined)
 
     # -- files ---------------------------------------------------------------------------------
 
