@@ -689,6 +689,11 @@ class EventStore:
             last = conn.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone()
             page_count = conn.execute("PRAGMA page_count").fetchone()[0]
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            spent = conn.execute(
+                "SELECT (SELECT sum(json_extract(payload, '$.cost_usd')) FROM events WHERE kind IN ('AgentActed', 'ContextSummarized'))"
+                " + coalesce((SELECT sum(json_extract(d.value, '$.cost_usd')) FROM events, json_each(events.payload, '$.discarded') d"
+                " WHERE kind = 'AgentActed'), 0)"
+            ).fetchone()[0]
         return {
             "path": self.path,
             "events": sum(by_kind.values()),
@@ -699,6 +704,7 @@ class EventStore:
             "last_position": last[0] if last else 0,
             "head_hash": last[1] if last else GENESIS_HASH,
             "database_bytes": page_count * page_size,
+            "cost_usd": spent,
         }
 
     # -- internals -------------------------------------------------------------------

@@ -377,7 +377,8 @@ def test_stop_from_another_process_ends_the_run_cleanly(tmp_path, task_file):
     check_log(events)
     assert [e.kind for e in events][-3:] == ["HumanIntervened", "ToolObserved", "RunFinished"]
     assert events[-1].event == RunFinished(status="stopped")
-    assert "released" in events[-2].event.output  # the running step completed and was recorded
+    # the running step was interrupted by the stop, and its observation says so
+    assert events[-2].event.is_error and "interrupted: a person stopped the run" in events[-2].event.output
 
 
 # -- 3. a failing model API -----------------------------------------------------------------

@@ -16,6 +16,7 @@ import pytest
 
 from apollo_es import EventStore
 from apollo_es.agent import Agent
+from apollo_es.console.runs import RunsIndex
 from apollo_es.models import AnthropicClient, ModelError, OpenAIClient, RetryPolicy
 from apollo_es.models.prices import DEFAULT_PRICES, cost_usd, load_prices
 from apollo_es.tasks import ModelSettings, Task, TaskError, load_task, prepare_workspace, run_started, sampling_of
@@ -209,6 +210,11 @@ def test_an_answer_dropped_for_guidance_is_recorded_with_its_usage_and_cost(tmp_
     assert dropped.usage == Usage(input_tokens=1_000, output_tokens=100) and dropped.request_digest == digest(server.requests[0])
     assert dropped.cost_usd == pytest.approx((1_000 * 3.0 + 100 * 15.0) / 1e6)
     assert acted.cost_usd == pytest.approx((1_000 * 3.0 + 50 * 15.0) / 1e6)
+    # and every surface adds the dropped answer to the run's cost
+    assert store.stats()["cost_usd"] == pytest.approx(acted.cost_usd + dropped.cost_usd)
+    index = RunsIndex(store)
+    [summary] = index.apply(store.read_all())
+    assert summary.cost_usd == pytest.approx(acted.cost_usd + dropped.cost_usd)
     store.close()
 
 

@@ -269,6 +269,7 @@ def stats(store: EventStore, as_json: bool) -> None:
         out.add_row(cell(key), cell(f"{data[key]:,}" if isinstance(data[key], int) else data[key]))
     for kind, count in data["events_by_kind"].items():
         out.add_row(cell(f"  {kind}"), cell(f"{count:,}"))
+    out.add_row(cell("cost_usd"), cell("no priced model calls" if data["cost_usd"] is None else f"${data['cost_usd']:,.2f}"))
     console.print(out)
 
 

@@ -15,6 +15,7 @@ import msgspec
 
 from apollo_es.store import EventStore, RecordedEvent
 from events import AgentActed, BranchCreated
+from apollo_es.models.prices import spent_usd
 from projections.context import Folder, estimate_tokens
 
 __all__ = ["RunSummary", "RunsIndex", "describe_action"]
@@ -42,6 +43,8 @@ class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
     last_event_at: str
     open_interventions: int
     """Human messages recorded that the agent has not seen yet."""
+    cost_usd: float | None = None
+    """What this stream's own model calls cost (a branch's inherited calls are its parent's)."""
 
 
 def describe_action(action: AgentActed, width: int = 120) -> str:
@@ -64,10 +67,14 @@ class _Entry:
         self.folder = Folder()
         self.last_action = ""
         self.last_event_at = ""
+        self.cost_usd: float | None = None
 
     def add(self, recorded: RecordedEvent) -> None:
         self.folder.add(recorded)
         self.last_event_at = recorded.recorded_at
+        spent = spent_usd(recorded.event) if recorded.stream_id == self.stream_id else None
+        if spent is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + spent
         if isinstance(recorded.event, AgentActed):
             self.last_action = describe_action(recorded.event)
 
@@ -100,6 +107,7 @@ class _Entry:
             last_action=self.last_action,
             last_event_at=self.last_event_at,
             open_interventions=waiting,
+            cost_usd=self.cost_usd,
         )
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import msgspec
 
 from apollo_es.errors import ApolloError
-from events import Usage
+from events import AgentActed, ContextSummarized, Event, Usage
 
-__all__ = ["DEFAULT_PRICES", "Price", "cost_usd", "load_prices"]
+__all__ = ["DEFAULT_PRICES", "Price", "cost_usd", "load_prices", "spent_usd"]
 
 
 class Price(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -78,3 +78,12 @@ def cost_usd(model: str, usage: Usage, prices: dict[str, Price] | None = None) -
         + usage.cache_write_tokens * price.cache_write
         + usage.cache_read_tokens * price.cache_read
     ) / 1_000_000
+
+
+def spent_usd(event: Event) -> float | None:
+    """The recorded cost of the model calls behind one event (an action with the answers it
+    dropped, or a summary); None when nothing priced is in it."""
+    costs = [event.cost_usd] if isinstance(event, (AgentActed, ContextSummarized)) else []
+    costs += [d.cost_usd for d in event.discarded] if isinstance(event, AgentActed) else []
+    known = [c for c in costs if c is not None]
+    return sum(known) if known else None

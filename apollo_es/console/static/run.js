@@ -162,6 +162,7 @@
     fill.classList.toggle("hot", share > 0.9);
     document.getElementById("gauge-label").textContent =
       `context ~${fmt(run.tokens)} of ${fmt(run.summary_threshold)} tokens before a summary · step ${run.steps}` +
+      (run.cost_usd != null ? ` · $${run.cost_usd.toFixed(2)} spent` : "") +
       (run.open_interventions ? ` · ${run.open_interventions} message(s) not yet seen by the agent` : "");
   }
 

@@ -27,7 +27,8 @@
 
   function gauge(run) {
     const share = run.summary_threshold ? Math.min(1, run.tokens / run.summary_threshold) : 0;
-    return el("td", { class: "num", title: `${fmt(run.tokens)} of ${fmt(run.summary_threshold)} tokens before a summary` },
+    const spent = run.cost_usd != null ? ` · $${run.cost_usd.toFixed(2)} spent` : "";
+    return el("td", { class: "num", title: `${fmt(run.tokens)} of ${fmt(run.summary_threshold)} tokens before a summary${spent}` },
       el("span", { class: "mini-gauge" }, el("span", { class: share > 0.9 ? "fill hot" : "fill", style: { width: `${Math.round(share * 100)}%` } })),
       ` ${fmt(run.tokens)}`);
   }
