@@ -37,8 +37,9 @@ import msgspec
 
 from apollo_es.errors import ApolloError
 from apollo_es.models import ModelClient, ModelError, ModelOutputError, ModelRequestError
+from apollo_es.models.prices import cost_usd
 from apollo_es.store import EventStore, NewEvent, RecordedEvent
-from events import ActionJudged, AgentActed, RunFinished, RunStarted
+from events import ActionJudged, AgentActed, RunFinished, RunStarted, Usage
 from projections.context import Context, Folder, Message, fold
 from projections.requests import render_request
 from projections.rules import observations_by_action
@@ -436,6 +437,7 @@ class Judge:
 
     async def _judge(self, item: _Work, context: Context, report: JudgeReport) -> None:
         problem = ""
+        spent, model = Usage(), ""  # over every attempt: a retried verdict costs each call
         for attempt in range(1, self.max_attempts + 1):
             if attempt > 1 and (self._budget_spent() or report.stopped):
                 return  # left unjudged: the next run (with budget) judges it afresh
@@ -457,6 +459,8 @@ class Judge:
                 return
             report.requests += 1
             report.tokens += response.usage.prompt_tokens + response.usage.output_tokens
+            model = response.model
+            spent += response.usage
             try:
                 verdict = parse_verdict(response.text, response.stop_reason)
             except VerdictError as exc:
@@ -466,7 +470,7 @@ class Judge:
                 continue
             judged = ActionJudged(
                 target_event_id=item.action_id, verdict=verdict.verdict, judge_id=self.judge_id,
-                score=verdict.score, reason=verdict.reason,
+                score=verdict.score, reason=verdict.reason, usage=spent, cost_usd=cost_usd(model, spent),
             )
             await self._append(item, judged)
             report.judged += 1
@@ -474,7 +478,7 @@ class Judge:
         attempts = f"after {attempt} attempt{'s' if attempt > 1 else ''}"
         error = ActionJudged(
             target_event_id=item.action_id, verdict="error", judge_id=self.judge_id,
-            reason=f"malformed judge output {attempts}: {problem}"[:2000],
+            reason=f"malformed judge output {attempts}: {problem}"[:2000], usage=spent, cost_usd=cost_usd(model, spent),
         )
         await self._append(item, error)
         report.errors += 1

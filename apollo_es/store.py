@@ -690,7 +690,7 @@ class EventStore:
             page_count = conn.execute("PRAGMA page_count").fetchone()[0]
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             spent = conn.execute(
-                "SELECT (SELECT sum(json_extract(payload, '$.cost_usd')) FROM events WHERE kind IN ('AgentActed', 'ContextSummarized'))"
+                "SELECT (SELECT sum(json_extract(payload, '$.cost_usd')) FROM events WHERE kind IN ('AgentActed', 'ContextSummarized', 'ActionJudged'))"
                 " + coalesce((SELECT sum(json_extract(d.value, '$.cost_usd')) FROM events, json_each(events.payload, '$.discarded') d"
                 " WHERE kind = 'AgentActed'), 0)"
             ).fetchone()[0]

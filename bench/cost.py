@@ -126,8 +126,7 @@ def bill(bodies: list[tuple[dict, int]]) -> Usage:
         written = lengths[max(marks)] - read if marks and max(marks) > hit else 0
         for mark in marks:
             cache[hashes[mark]] = now + TTL_SECONDS
-        total = Usage(input_tokens=total.input_tokens + prompt - read - written, output_tokens=total.output_tokens + output,
-                      cache_read_tokens=total.cache_read_tokens + read, cache_write_tokens=total.cache_write_tokens + written)
+        total += Usage(input_tokens=prompt - read - written, output_tokens=output, cache_read_tokens=read, cache_write_tokens=written)
     return total
 
 

@@ -62,6 +62,10 @@ class Usage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         """Every token of the prompt, cached or not: what the context really holds."""
         return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
 
+    def __add__(self, other: Usage) -> Usage:
+        """Both calls' tokens, field by field (a judge's retries, a run's bill)."""
+        return Usage(**{name: getattr(self, name) + getattr(other, name) for name in self.__struct_fields__})
+
 
 class ContentBlock(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
     """One content block of an Anthropic answer, kept exactly as received so it can be sent back
@@ -201,6 +205,9 @@ class ActionJudged(_Event):
     judge_id: str
     score: float | None = None
     reason: str = ""
+    usage: Usage = msgspec.field(default_factory=Usage)
+    """Every judge call for this verdict, retries for malformed answers included."""
+    cost_usd: float | None = None
 
 
 class BranchCreated(_Event):

@@ -192,6 +192,9 @@ def test_judge_appends_one_verdict_per_action_to_the_actions_stream(store):
     assert found[actions[1]].event.verdict == "mask" and found[actions[1]].event.score == 0.2
     assert found[actions[1]].event.reason == "wrong command"
     assert found[actions[0]].event.verdict == "keep"
+    # each verdict records the calls it took (cost: None, the test model has no price)
+    assert [v.event.usage.prompt_tokens + v.event.usage.output_tokens for v in verdicts(store)] == [100, 100, 100]
+    assert all(v.event.cost_usd is None for v in verdicts(store))
 
 
 def test_the_request_holds_the_task_the_folded_context_the_action_and_its_observation(store):
@@ -349,6 +352,8 @@ def test_output_that_stays_malformed_is_recorded_as_a_judge_error(store):
     for recorded in verdicts(store):
         assert recorded.event.verdict == "error" and recorded.event.score is None
         assert recorded.event.reason.startswith("malformed judge output after 3 attempts: no JSON object")
+    # an error verdict still records the three calls it cost
+    assert sum(v.event.usage.prompt_tokens + v.event.usage.output_tokens for v in verdicts(store)) == report.tokens
     # Recorded errors are verdicts: a rerun does not ask again.
     again, _ = judge_run(store, Model())
     assert (again.judged, again.skipped) == (0, 2)

@@ -23,7 +23,7 @@ from pathlib import Path
 import msgspec
 
 from apollo_es.errors import ApolloError
-from events import AgentActed, ContextSummarized, Event, Usage
+from events import ActionJudged, AgentActed, ContextSummarized, Event, Usage
 
 __all__ = ["DEFAULT_PRICES", "Price", "cost_usd", "load_prices", "spent_usd"]
 
@@ -82,8 +82,8 @@ def cost_usd(model: str, usage: Usage, prices: dict[str, Price] | None = None) -
 
 def spent_usd(event: Event) -> float | None:
     """The recorded cost of the model calls behind one event (an action with the answers it
-    dropped, or a summary); None when nothing priced is in it."""
-    costs = [event.cost_usd] if isinstance(event, (AgentActed, ContextSummarized)) else []
+    dropped, a summary, a judge's verdict); None when nothing priced is in it."""
+    costs = [event.cost_usd] if isinstance(event, (AgentActed, ContextSummarized, ActionJudged)) else []
     costs += [d.cost_usd for d in event.discarded] if isinstance(event, AgentActed) else []
     known = [c for c in costs if c is not None]
     return sum(known) if known else None
