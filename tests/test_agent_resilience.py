@@ -365,6 +365,8 @@ def test_stop_from_another_process_ends_the_run_cleanly(tmp_path, task_file):
     def stop(db: Path) -> None:
         stopped = run_cli("stop", "r", "-m", "drifting", "--annotator", "ana", "--db", db, cwd=tmp_path)
         assert stopped.returncode == 0, stopped.stderr
+        # the held step is released only once the stop has ended it (else it would race the stop)
+        wait_until(lambda: count_kind(db, "ToolObserved") == 2, "the stop to interrupt the running step")
 
     returncode, out, err, db = run_blocked(tmp_path, task_file, [
         ("think", {"thought": "never asked for"}), ("finish", {"answer": "never asked for"}),
