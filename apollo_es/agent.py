@@ -41,6 +41,7 @@ from events import (
     DiscardedAnswer,
     HumanIntervened,
     RunFinished,
+    RunReconfigured,
     RunStarted,
     ToolCall,
     ToolObserved,
@@ -66,6 +67,8 @@ STOP_POLL_S = 0.2
 """How often a running model call or tool looks for a person's stop."""
 
 T = TypeVar("T")
+
+ANSWER_TOO_LARGE = "the model's answer cannot be recorded"
 
 NO_TOOL_FEEDBACK = "No tool was called. Call exactly one tool; call finish(answer) when the task is done."
 NOT_RUN_AFTER_FINISH = "Not run: finish() in the same turn ended the task."
@@ -126,6 +129,10 @@ class Agent:
                 return context.finished
             if context.finished.status in ("finished", "stopped"):
                 raise ApolloError(f"run {self.stream_id!r} already {context.finished.status}; branch it to continue")
+            if context.finished.error.startswith(ANSWER_TOO_LARGE) and not _output_limit_changed_since_end(self.store.read(self.stream_id)):
+                # Asking the same request with the same limit would most likely buy the same answer.
+                raise ApolloError(f"run {self.stream_id!r} failed on an answer too large to record; resume it with a "
+                                  f"lower --max-output-tokens (now {context.run.max_output_tokens})")
         while True:
             recorded = self.store.read(self.stream_id)
             context = fold(recorded)
@@ -155,8 +162,8 @@ class Agent:
                 acted = self._record_action(context, request, response)
             except PayloadTooLarge as exc:
                 # Asking again would most likely pay for the same answer: the run ends, and says why.
-                return self._finish("failed", error=f"the model's answer cannot be recorded: {exc}. "
-                                                    "Lower max_output_tokens (or raise the store's max_payload_bytes), then resume")
+                return self._finish("failed", error=f"{ANSWER_TOO_LARGE}: {exc}. "
+                                                    "Lower max_output_tokens (resume --max-output-tokens N), or raise the store's max_payload_bytes")
             if acted is None:
                 log.info("%s changed while the model was answering; asking again", self.stream_id)
                 self._discarded.append(DiscardedAnswer(
@@ -261,9 +268,11 @@ class Agent:
         replaces_from, replaces_to = choose_cut(context)
         request = render_request(summarization_context(context, replaces_from, replaces_to))
         try:
-            response = await self.summarizer.complete(request)
+            response, stopped = await self._unless_stopped(lambda: self.summarizer.complete(request))
         except ModelError as exc:
             return self._finish("failed", error=f"summarization failed: {exc}")
+        if stopped:
+            return None  # the fold sees the stop
         summary = ContextSummarized(
             summary=response.text,
             replaces_from=replaces_from,
@@ -382,6 +391,16 @@ def _describe(recorded: RecordedEvent) -> str:
     if isinstance(event, ToolObserved):
         return ("error: " if event.is_error else "") + event.output[:60].replace("\n", " ")
     return recorded.kind
+
+
+def _output_limit_changed_since_end(recorded: list[RecordedEvent]) -> bool:
+    """Whether a `RunReconfigured` changed max_output_tokens after the run's last end."""
+    for item in reversed(recorded):
+        if isinstance(item.event, RunFinished):
+            return False
+        if isinstance(item.event, RunReconfigured) and item.event.max_output_tokens is not None:
+            return True
+    return False
 
 
 def _is_stop(event: object) -> bool:

@@ -96,6 +96,9 @@ _SUMMARY = """
             || ' at v' || json_extract(e.payload, '$.fork_version')
             || CASE WHEN json_extract(e.payload, '$.reason') <> ''
                 THEN ': ' || json_extract(e.payload, '$.reason') ELSE '' END
+        WHEN 'RunReconfigured' THEN 'settings changed'
+            || CASE WHEN json_extract(e.payload, '$.reason') <> ''
+                THEN ': ' || json_extract(e.payload, '$.reason') ELSE '' END
         WHEN 'RunFinished' THEN json_extract(e.payload, '$.status')
             || CASE WHEN json_extract(e.payload, '$.final_answer') <> ''
                 THEN ': ' || substr(replace(json_extract(e.payload, '$.final_answer'), char(10), ' '), 1, 100)

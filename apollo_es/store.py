@@ -689,11 +689,8 @@ class EventStore:
             last = conn.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone()
             page_count = conn.execute("PRAGMA page_count").fetchone()[0]
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-            spent = conn.execute(
-                "SELECT (SELECT sum(json_extract(payload, '$.cost_usd')) FROM events WHERE kind IN ('AgentActed', 'ContextSummarized', 'ActionJudged'))"
-                " + coalesce((SELECT sum(json_extract(d.value, '$.cost_usd')) FROM events, json_each(events.payload, '$.discarded') d"
-                " WHERE kind = 'AgentActed'), 0)"
-            ).fetchone()[0]
+            costs = self._costs(conn)
+            spent = sum(costs.values()) if costs else None
         return {
             "path": self.path,
             "events": sum(by_kind.values()),
@@ -706,6 +703,24 @@ class EventStore:
             "database_bytes": page_count * page_size,
             "cost_usd": spent,
         }
+
+    def costs(self) -> dict[str, float]:
+        """Dollars recorded per stream for its own model calls (actions with the answers they
+        dropped, summaries, verdicts); streams with no priced call are absent."""
+        with self._lock, self._translate_errors():
+            return self._costs(self._conn)
+
+    @staticmethod
+    def _costs(conn: sqlite3.Connection) -> dict[str, float]:
+        rows = conn.execute(
+            "SELECT stream_id, sum(cost) FROM ("
+            " SELECT stream_id, json_extract(payload, '$.cost_usd') AS cost FROM events"
+            " WHERE kind IN ('AgentActed', 'ContextSummarized', 'ActionJudged')"
+            " UNION ALL SELECT e.stream_id, json_extract(d.value, '$.cost_usd') FROM events e, json_each(e.payload, '$.discarded') d"
+            " WHERE e.kind = 'AgentActed'"
+            ") WHERE cost IS NOT NULL GROUP BY stream_id"
+        )
+        return dict(rows)
 
     # -- internals -------------------------------------------------------------------
 

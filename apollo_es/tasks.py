@@ -47,10 +47,10 @@ from apollo_es.errors import ApolloError
 from apollo_es.redaction import is_secret_name
 from apollo_es.tools import TOOL_SPECS, Workspace
 from apollo_es.tools import check as check_sandbox
-from events import RunStarted, SandboxSpec, ToolSpec
+from events import RunReconfigured, RunStarted, SandboxSpec, ToolSpec
 from projections.context import HUMAN_TAG
 
-__all__ = ["DEFAULT_SYSTEM_PROMPT", "ModelSettings", "Task", "TaskError", "load_task", "prepare_workspace", "run_started", "sampling_of"]
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "ModelSettings", "Task", "TaskError", "load_task", "prepare_workspace", "reconfiguration", "run_started", "sampling_of", "with_thinking"]
 
 DEFAULT_SYSTEM_PROMPT = f"""You are a research engineer working autonomously on a long research task in a workspace.
 Work in small verified steps: inspect, hypothesize, run experiments, read the results, iterate.
@@ -158,14 +158,46 @@ def sampling_of(task: Task, provider: str) -> dict[str, Any]:
     """The request settings the task's `[model]` table asks for, in the provider's own terms."""
     settings = task.model
     sampling: dict[str, Any] = {k: v for k, v in (("temperature", settings.temperature), ("top_p", settings.top_p)) if v is not None}
-    if settings.thinking_budget is not None:
-        if provider != "anthropic":
-            raise TaskError(f"[model] thinking_budget is for the anthropic provider, not {provider!r}")
-        if task.max_output_tokens <= settings.thinking_budget:
-            raise TaskError(f"max_output_tokens ({task.max_output_tokens}) must exceed [model] thinking_budget "
-                            f"({settings.thinking_budget}): the thinking is part of the answer")
-        sampling["thinking"] = {"type": "enabled", "budget_tokens": settings.thinking_budget}
-    return sampling
+    return with_thinking(sampling, settings.thinking_budget, task.max_output_tokens, provider)
+
+
+def with_thinking(sampling: dict[str, Any], budget: int | None, max_output_tokens: int, provider: str) -> dict[str, Any]:
+    """`sampling` with Anthropic extended thinking at `budget` tokens (unchanged for None), after
+    checking the provider takes it and the answer has room for it."""
+    if budget is None:
+        return sampling
+    if provider != "anthropic":
+        raise TaskError(f"thinking_budget is for the anthropic provider, not {provider!r}")
+    if max_output_tokens <= budget:
+        raise TaskError(f"max_output_tokens ({max_output_tokens}) must exceed thinking_budget ({budget}): "
+                        "the thinking is part of the answer")
+    return {**sampling, "thinking": {"type": "enabled", "budget_tokens": budget}}
+
+
+def reconfiguration(
+    run: RunStarted,
+    *,
+    thinking_budget: int | None = None,
+    prompt_caching: bool | None = None,
+    max_output_tokens: int | None = None,
+    max_steps: int | None = None,
+    time_limit: float | None = None,
+    token_budget: int | None = None,
+    reason: str = "",
+) -> RunReconfigured | None:
+    """The event that changes a run's settings from now on (`run` as the fold has it now), or
+    None when nothing is asked to change. TaskError for settings the run cannot take."""
+    output = max_output_tokens or run.max_output_tokens
+    current = run.sampling.get("thinking", {}).get("budget_tokens") if isinstance(run.sampling.get("thinking"), dict) else None
+    checked = with_thinking(run.sampling, thinking_budget or current, output, run.provider or "anthropic")  # it still fits
+    sampling = checked if thinking_budget else None
+    if prompt_caching and run.provider not in ("", "anthropic"):
+        raise TaskError(f"prompt caching is for the anthropic provider, not {run.provider!r}")
+    changes = {"sampling": sampling, "prompt_caching": prompt_caching, "max_output_tokens": max_output_tokens,
+               "max_steps": max_steps, "time_limit": time_limit, "token_budget": token_budget}
+    if all(value is None for value in changes.values()):
+        return None
+    return RunReconfigured(**changes, reason=reason)
 
 
 def run_started(task: Task, *, model: str, provider: str, workspace: Path) -> RunStarted:

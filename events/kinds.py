@@ -217,6 +217,21 @@ class BranchCreated(_Event):
     created_by: str = ""
 
 
+class RunReconfigured(_Event):
+    """New settings for the rest of a run, given at `resume` or when a branch is continued: the
+    run's `RunStarted` stays as it was, and the fold applies these on top from here on. A
+    field left None keeps its value."""
+
+    sampling: dict[str, Any] | None = None
+    """Replaces `RunStarted.sampling` (temperature, Anthropic's `thinking`...) as a whole."""
+    prompt_caching: bool | None = None
+    max_output_tokens: int | None = None
+    max_steps: int | None = None
+    time_limit: float | None = None
+    token_budget: int | None = None
+    reason: str = ""
+
+
 class RunFinished(_Event):
     status: Literal["finished", "stopped", "failed", "budget_exhausted"]
     final_answer: str = ""
@@ -232,6 +247,7 @@ Event = Union[
     ContextSummarized,
     ActionJudged,
     BranchCreated,
+    RunReconfigured,
     RunFinished,
 ]
 """The tagged union of every kind; decoding JSON with `type=Event` dispatches on `type`."""

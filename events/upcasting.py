@@ -22,6 +22,7 @@ CURRENT_SCHEMA: dict[str, int] = {
     "ContextSummarized": 1,
     "ActionJudged": 1,
     "BranchCreated": 1,
+    "RunReconfigured": 1,
     "RunFinished": 1,
 }
 

@@ -19,6 +19,8 @@ Rules, in event order:
 - `ActionJudged`, `BranchCreated` and `RunFinished` do not change the messages. `RunFinished`
   sets `finished` until a later action (a resumed run); `BranchCreated` clears `finished` and
   `stopped`, because a branch is a new attempt from that point.
+- `RunReconfigured` changes the run's settings (sampling, caching, output limit, budgets) from
+  there on: `context.run` is the `RunStarted` with those fields replaced.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from events import (
     ContextSummarized,
     HumanIntervened,
     RunFinished,
+    RunReconfigured,
     RunStarted,
     ToolCall,
     ToolObserved,
@@ -46,6 +49,8 @@ from events import (
 __all__ = ["HUMAN_TAG", "Context", "Folder", "Message", "estimate_tokens", "fold", "human_text", "message_chars", "summary_text", "with_summary"]
 
 HUMAN_TAG = "real_user_message"
+RECONFIGURABLE = ("sampling", "prompt_caching", "max_output_tokens", "max_steps", "time_limit", "token_budget")
+"""The `RunStarted` fields a `RunReconfigured` may change."""
 SUMMARY_TAG = "context_summary"
 CHARS_PER_TOKEN = 4
 
@@ -181,6 +186,9 @@ class Folder:
             self.finished = event
         elif isinstance(event, BranchCreated):
             self.finished, self.stopped = None, False
+        elif isinstance(event, RunReconfigured) and self.run is not None:
+            changes = {field: getattr(event, field) for field in RECONFIGURABLE if getattr(event, field) is not None}
+            self.run = msgspec.structs.replace(self.run, **changes)
         if added:
             self.messages.extend(added)
             for message in added:

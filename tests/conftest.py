@@ -44,6 +44,7 @@ from events import (
     Event,
     HumanIntervened,
     RunFinished,
+    RunReconfigured,
     RunStarted,
     ToolCall,
     ToolObserved,
@@ -123,6 +124,8 @@ def one_of_each_kind() -> list[Event]:
         ),
         ActionJudged(target_event_id="evt-2", verdict="mask", judge_id="judge-v1", score=0.25, reason="off track"),
         BranchCreated(parent_stream="run-1", fork_version=3, reason="try the tokenizer", created_by="human:alice"),
+        RunReconfigured(sampling={"temperature": 1.0, "thinking": {"type": "enabled", "budget_tokens": 2048}}, prompt_caching=True,
+                        max_output_tokens=16_000, max_steps=80, time_limit=7200.0, token_budget=5_000_000, reason="resume with more budget"),
         RunFinished(status="finished", final_answer="Fixed the tokenizer.", score=1.0, error=""),
     ]
 
@@ -157,6 +160,8 @@ def make_event(i: int, kind: str | None = None) -> Event:
         return BranchCreated(parent_stream=f"run-{i}", fork_version=i + 1)
     if kind == "RunFinished":
         return RunFinished(status="finished", final_answer=f"answer {i}")
+    if kind == "RunReconfigured":
+        return RunReconfigured(max_steps=i + 1, reason=f"more steps {i}")
     raise ValueError(f"unknown kind {kind!r}")
 
 

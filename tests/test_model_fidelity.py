@@ -19,9 +19,11 @@ from apollo_es.agent import Agent
 from apollo_es.console.runs import RunsIndex
 from apollo_es.models import AnthropicClient, ModelError, OpenAIClient, RetryPolicy
 from apollo_es.models.prices import DEFAULT_PRICES, cost_usd, load_prices
-from apollo_es.tasks import ModelSettings, Task, TaskError, load_task, prepare_workspace, run_started, sampling_of
+from apollo_es.errors import ApolloError
+from apollo_es.tasks import ModelSettings, Task, TaskError, load_task, prepare_workspace, reconfiguration, run_started, sampling_of
 from apollo_es.tools import Workspace
 from events import AgentActed, HumanIntervened, ToolObserved, Usage
+from projections.context import fold
 from projections.requests import digest
 from tests.scripted import ScriptedAnthropic, text_reply, tool_use
 
@@ -305,3 +307,107 @@ def test_an_answer_too_large_to_record_ends_the_run_failed_with_the_reason(tmp_p
         finished = drive(store, server.client(), start(store, tmp_path))
         assert finished.status == "failed" and "cannot be recorded" in finished.error and "max_output_tokens" in finished.error
         assert store.read("run-1")[-1].event == finished and store.verify().ok
+
+
+# -- changing a run's settings on resume and for a continued branch -----------------------------
+
+
+def cli(*args: object):
+    from click.testing import CliRunner
+
+    from apollo_es.cli import cli as apollo
+
+    return CliRunner().invoke(apollo, [str(a) for a in args])
+
+
+def recorded_run(tmp_path: Path, steps: int, *, max_steps: int) -> Path:
+    from apollo_es.models import ModelResponse, save_recording
+    from events import ToolCall
+
+    (tmp_path / "task.toml").write_text(f'id = "t"\ndescription = "d"\nmax_steps = {max_steps}\n')
+    responses = [ModelResponse(tool_calls=[ToolCall(id=f"c{i}", name="think", arguments={"thought": f"{i}"})], model="m") for i in range(steps)]
+    save_recording(tmp_path / "rec.jsonl", [*responses, ModelResponse(tool_calls=[ToolCall(id="done", name="finish", arguments={"answer": "ok"})], model="m")])
+    result = cli("run", tmp_path / "task.toml", "--model", "m", "--provider", "recorded", "--recording", tmp_path / "rec.jsonl",
+                 "--run-id", "r", "--workspace", tmp_path / "ws", "--db", tmp_path / "a.db")
+    assert result.exit_code == 0, result.output
+    return tmp_path / "a.db"
+
+
+def test_resume_raises_a_budget_and_records_it(tmp_path: Path) -> None:
+    db = recorded_run(tmp_path, 4, max_steps=2)
+    with EventStore(db) as store:
+        assert store.read("r")[-1].event.status == "budget_exhausted"
+    bad = cli("resume", "r", "--provider", "recorded", "--recording", tmp_path / "rec.jsonl", "--thinking-budget", "9000", "--db", db)
+    assert bad.exit_code == 1 and "max_output_tokens (8192) must exceed thinking_budget (9000)" in bad.output
+    result = cli("resume", "r", "--provider", "recorded", "--recording", tmp_path / "rec.jsonl", "--max-steps", "10", "--db", db)
+    assert result.exit_code == 0, result.output
+    with EventStore(db) as store:
+        events = store.read("r")
+    reconfigured = [e.event for e in events if e.kind == "RunReconfigured"]
+    assert [(r.max_steps, r.reason) for r in reconfigured] == [(10, "resume")]  # the refused one wrote nothing
+    assert events[-1].event.status == "finished" and fold(events).run.max_steps == 10
+
+
+def test_settings_changed_mid_run_reach_the_next_request(tmp_path: Path) -> None:
+    server = ScriptedAnthropic([tool_use("think", {"thought": "a"}), tool_use("finish", {"answer": "ok"})])
+    with EventStore(tmp_path / "a.db") as store:
+        workspace = start(store, tmp_path, model=ModelSettings(prompt_caching=False))
+        run = fold(store.read("run-1")).run
+        store.append("run-1", [reconfiguration(run, thinking_budget=2048, prompt_caching=True, reason="think harder")], actor="system")
+        drive(store, server.client(), workspace)
+    assert server.requests[0]["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert server.requests[0]["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert reconfiguration(run) is None  # nothing asked, nothing recorded
+
+
+def test_a_continued_branch_gets_its_own_settings(tmp_path: Path) -> None:
+    db = recorded_run(tmp_path, 1, max_steps=5)
+    result = cli("replay", "r", "--at", "3", "--branch", "--name", "b", "--continue", "--provider", "recorded",
+                 "--recording", tmp_path / "rec.jsonl", "--max-steps", "7", "--workspace", tmp_path / "bws", "--db", db)
+    assert result.exit_code == 0, result.output
+    with EventStore(db) as store:
+        assert fold(store.read("b")).run.max_steps == 7 and fold(store.read("r")).run.max_steps == 5
+    refused = cli("replay", "r", "--at", "3", "--branch", "--max-steps", "7", "--db", db)
+    assert refused.exit_code == 1 and "go with --branch --continue" in refused.output
+
+
+def test_resume_after_an_answer_too_large_needs_a_lower_output_limit(tmp_path: Path) -> None:
+    server = ScriptedAnthropic([tool_use("think", {"thought": "x" * 50_000})])
+    with EventStore(tmp_path / "a.db", max_payload_bytes=20_000) as store:
+        workspace = start(store, tmp_path)
+        drive(store, server.client(), workspace)
+        server = ScriptedAnthropic([tool_use("finish", {"answer": "short"})])
+        with pytest.raises(ApolloError, match=r"resume it with a lower --max-output-tokens \(now 8192\)"):
+            anyio.run(lambda: Agent(store, "run-1", server.client(), workspace).run(resume=True))
+        store.append("run-1", [reconfiguration(fold(store.read("run-1")).run, max_output_tokens=2048)], actor="system")
+        finished = anyio.run(lambda: Agent(store, "run-1", server.client(), workspace).run(resume=True))
+    assert finished.status == "finished" and server.requests[0]["max_tokens"] == 2048
+
+
+def test_a_stop_interrupts_a_summarization_call(tmp_path: Path) -> None:
+    async def slow(request: httpx2.Request) -> httpx2.Response:
+        await anyio.sleep(30)
+        return httpx2.Response(200, json=text_reply("too late"))
+
+    summarizer = AnthropicClient("claude-test", api_key="sk-test-key-123", http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(slow)))
+    server = ScriptedAnthropic([cached_step(f"s{i}", read=2_000 * i) for i in range(1, 4)])
+    with EventStore(tmp_path / "a.db") as store:
+        workspace = start(store, tmp_path, summary_threshold=3_500)
+        timer = stop_after(tmp_path / "a.db", 1.0)
+        started = time.monotonic()
+        finished = drive(store, server.client(), workspace, summarizer=summarizer)
+        timer.join()
+        kinds = [e.kind for e in store.read("run-1")]
+    assert finished.status == "stopped" and time.monotonic() - started < 1.0 + 2
+    assert "ContextSummarized" not in kinds
+
+
+def test_runs_json_shows_each_streams_cost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[prices."claude-test"]\ninput = 3.0\noutput = 15.0\ncache_write = 3.75\ncache_read = 0.3\n')
+    monkeypatch.setenv("APOLLO_ES_PRICES", str(prices))
+    server = ScriptedAnthropic([tool_use("finish", {"answer": "ok"}, input_tokens=1_000, output_tokens=100)])
+    with EventStore(tmp_path / "a.db") as store:
+        drive(store, server.client(), start(store, tmp_path))
+    result = cli("runs", "--json", "--db", tmp_path / "a.db")
+    assert json.loads(result.output)[0]["cost_usd"] == pytest.approx((1_000 * 3 + 100 * 15) / 1e6)

@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 
 from apollo_es.cli._common import cell, console, json_option, print_json, table, with_store
-from apollo_es.cli.run_commands import drive, make_model_client, model_options
+from apollo_es.cli.run_commands import drive, make_model_client, model_options, settings_options
 from apollo_es.store import EventStore
-from apollo_es.tasks import load_task, prepare_workspace
+from apollo_es.tasks import load_task, prepare_workspace, reconfiguration
 from apollo_es.tools import Workspace
 from projections.audit import timeline
 from replay import branch as branch_run
@@ -31,6 +31,7 @@ from replay.rerun import DEFAULT_NORMALIZATIONS, DEFAULT_SKIP_TOOLS
 @click.option("--continue", "continue_live", is_flag=True, help="With --branch: run the agent live on the branch (needs --model).")
 @click.option("--model", help="With --continue: the model to continue with.")
 @model_options
+@settings_options
 @click.option("--verify", "do_verify", is_flag=True, help="Check every action's context digest against today's fold, and the hash chain.")
 @click.option("--rerun", "do_rerun", is_flag=True, help="Re-execute the recorded actions in --workspace and compare the observations.")
 @click.option("--workspace", "workspace_dir", type=click.Path(file_okay=False), help="For --rerun and --continue: the workspace to use.")
@@ -43,7 +44,7 @@ from replay.rerun import DEFAULT_NORMALIZATIONS, DEFAULT_SKIP_TOOLS
 @with_store
 @json_option
 def replay(store: EventStore, run_id, at_version, show, make_branch, inject, reason, new_stream_id, annotator, continue_live, model,
-           provider, base_url, recording, do_verify, do_rerun, workspace_dir, task_file, normalize, skip_tools, allow_imported_commands, as_json):
+           provider, base_url, recording, settings, do_verify, do_rerun, workspace_dir, task_file, normalize, skip_tools, allow_imported_commands, as_json):
     """Inspect a run at any version, branch it with new guidance, verify it, or re-run it.
 
     Example:
@@ -71,8 +72,12 @@ def replay(store: EventStore, run_id, at_version, show, make_branch, inject, rea
     if do_rerun:
         return _rerun(store, run_id, at_version, workspace_dir, task_file, normalize, skip_tools, allow_imported_commands, as_json)
     state = state_at(store, run_id, at_version)  # validates --at
+    changed = any(value is not None for value in settings.values())
+    if changed and not continue_live:
+        raise click.ClickException("--max-steps, --thinking-budget and the other run settings go with --branch --continue")
     if make_branch:
         client = make_model_client(provider or state.context.run.provider or "anthropic", model, base_url, recording) if continue_live else None
+        new_settings = reconfiguration(state.context.run, **settings, reason="continued branch") if changed else None  # checked first
         new_id = branch_run(store, run_id, state.version, inject=inject, reason=reason, annotator=annotator, new_stream_id=new_stream_id)
         if not continue_live:
             if as_json:
@@ -82,6 +87,8 @@ def replay(store: EventStore, run_id, at_version, show, make_branch, inject, rea
             return
         root = branch_workspace(store, run_id, state.version, workspace_dir or Path(store.path).resolve().parent / "workspaces" / new_id,
                                 load_task(task_file) if task_file else None, allow_imported_commands=allow_imported_commands)
+        if new_settings is not None:
+            store.append(new_id, [new_settings], actor="system")
         drive(store, new_id, client, Workspace(root, sandbox=state.context.run.sandbox), resume=False, as_json=as_json)
         return
     if as_json:

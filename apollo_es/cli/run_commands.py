@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import time
 from datetime import datetime, timezone
@@ -20,10 +21,10 @@ from apollo_es.interventions import intervene as intervene_run
 from apollo_es.cli._common import console, db_option, json_option, open_store, print_json, stderr_is_tty, with_store
 from apollo_es.models import ModelClient, RecordedClient, load_recording, make_client
 from apollo_es.store import NO_STREAM, EventStore
-from apollo_es.tasks import load_task, prepare_workspace, run_started, sampling_of
+from apollo_es.tasks import load_task, prepare_workspace, reconfiguration, run_started, sampling_of
 from apollo_es.tools import Workspace
 from apollo_es.tools import check as check_sandbox
-from events import ContextSummarized, RunFinished
+from events import ContextSummarized, RunFinished, RunStarted
 from projections.audit import timeline
 from projections.context import fold
 
@@ -38,6 +39,35 @@ def model_options(fn):
     ):
         fn = option(fn)
     return fn
+
+
+def settings_options(fn):
+    """The run settings `run` takes from the task and `resume` / `replay --continue` may change
+    (recorded as a `RunReconfigured`); they reach the command as one dict, `settings`."""
+    options = [
+        click.option("--max-steps", type=click.IntRange(min=1), help="Steps allowed (from the start, or the fork of a branch)."),
+        click.option("--time-limit", type=click.FloatRange(min=1), help="Seconds allowed (wall clock, from the start or the fork)."),
+        click.option("--token-budget", type=click.IntRange(min=1), help="Tokens allowed: whole prompts (cached ones too) plus outputs."),
+        click.option("--max-output-tokens", type=click.IntRange(min=1), help="Tokens one answer may take."),
+        click.option("--thinking-budget", type=click.IntRange(min=1024), help="Anthropic extended thinking: budget tokens per answer."),
+        click.option("--prompt-caching/--no-prompt-caching", default=None, help="Anthropic prompt caching (on for new runs)."),
+    ]
+    names = ("max_steps", "time_limit", "token_budget", "max_output_tokens", "thinking_budget", "prompt_caching")
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, settings={name: kwargs.pop(name) for name in names}, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def reconfigure(store: EventStore, stream_id: str, run: RunStarted, settings: dict, reason: str) -> None:
+    """Record the settings asked for on the command line as the run's new ones, if any were."""
+    event = reconfiguration(run, **settings, reason=reason)
+    if event is not None:
+        store.append(stream_id, [event], actor="system")
 
 
 def make_model_client(provider: str, model: str, base_url: str | None, recording: str | None, *, served: int = 0) -> ModelClient:
@@ -61,19 +91,14 @@ def make_model_client(provider: str, model: str, base_url: str | None, recording
 @model_options
 @click.option("--run-id", help="Stream id of the new run (default: TASK-ID-YYYYmmdd-HHMMSS).")
 @click.option("--workspace", "workspace_dir", type=click.Path(file_okay=False), help="New or empty directory for the agent (default: workspaces/RUN-ID next to the store).")
-@click.option("--max-steps", type=click.IntRange(min=1), help="Override the task's max_steps.")
-@click.option("--time-limit", type=click.FloatRange(min=1), help="Override the task's time_limit (seconds).")
-@click.option("--token-budget", type=click.IntRange(min=1), help="Override the task's token_budget.")
+@settings_options
 @click.option("--summary-threshold", type=click.IntRange(min=1), help="Override the task's summary_threshold (tokens).")
-@click.option("--thinking-budget", type=click.IntRange(min=1024), help="Anthropic extended thinking: budget tokens per answer (overrides [model] thinking_budget).")
-@click.option("--prompt-caching/--no-prompt-caching", default=None, help="Anthropic prompt caching (default: the task's [model] prompt_caching, on).")
 @click.option("--sandbox", "sandbox_kind", type=click.Choice(["bwrap", "none"]),
               help="Where the agent's commands run (default: the task's [sandbox] kind, bwrap). "
                    "'none' runs them unconfined on this host; it warns and is recorded in the run.")
 @db_option
 @json_option
-def run(task_file, model, provider, base_url, recording, run_id, workspace_dir, max_steps, time_limit, token_budget, summary_threshold,
-        thinking_budget, prompt_caching, sandbox_kind, db_path, as_json):
+def run(task_file, model, provider, base_url, recording, run_id, workspace_dir, settings, summary_threshold, sandbox_kind, db_path, as_json):
     """Run an agent on a task file until it finishes, is stopped or runs out of budget.
 
     From another terminal, `apollo-es intervene RUN -m "..."` steers it and `apollo-es stop RUN`
@@ -84,11 +109,11 @@ def run(task_file, model, provider, base_url, recording, run_id, workspace_dir, 
         apollo-es run examples/tune-classifier/task.toml --model claude-sonnet-4-5
     """
     task = load_task(task_file)
-    overrides = {"max_steps": max_steps, "time_limit": time_limit, "token_budget": token_budget, "summary_threshold": summary_threshold}
+    overrides = {**{k: settings[k] for k in ("max_steps", "time_limit", "token_budget", "max_output_tokens")}, "summary_threshold": summary_threshold}
     task = msgspec.structs.replace(task, **{k: v for k, v in overrides.items() if v is not None})
     if sandbox_kind:
         task = msgspec.structs.replace(task, sandbox=msgspec.structs.replace(task.sandbox, kind=sandbox_kind))
-    model_overrides = {"thinking_budget": thinking_budget, "prompt_caching": prompt_caching}
+    model_overrides = {"thinking_budget": settings["thinking_budget"], "prompt_caching": settings["prompt_caching"]}
     task = msgspec.structs.replace(task, model=msgspec.structs.replace(task.model, **{k: v for k, v in model_overrides.items() if v is not None}))
     if task.sandbox.kind == "none":
         click.echo("Warning: sandbox 'none': the agent's commands run unconfined on this host, "
@@ -114,16 +139,19 @@ def run(task_file, model, provider, base_url, recording, run_id, workspace_dir, 
 @click.argument("run_id")
 @click.option("--model", help="Model id (default: the run's own).")
 @model_options
+@settings_options
 @db_option
 @json_option
-def resume(run_id, model, provider, base_url, recording, db_path, as_json):
+def resume(run_id, model, provider, base_url, recording, settings, db_path, as_json):
     """Continue a run from where its log ends: after a crash, a failure or an exhausted budget.
 
-    The run's model, provider and workspace come from its RunStarted event.
+    The run's model, provider and workspace come from its RunStarted event. Budgets, the output
+    limit, thinking and caching can be changed for the rest of the run: the change is recorded
+    as a RunReconfigured event.
 
     Example:
 
-        apollo-es resume tune-classifier-20261123-101500
+        apollo-es resume tune-classifier-20261123-101500 --max-steps 200 --thinking-budget 8192
     """
     with open_store(db_path) as store:
         recorded = store.read(run_id)
@@ -139,6 +167,7 @@ def resume(run_id, model, provider, base_url, recording, db_path, as_json):
         # one recorded response per model call already in the log: each action and each summary
         served = context.steps + sum(isinstance(e.event, ContextSummarized) for e in recorded)
         client = make_model_client(provider or started.provider or "anthropic", model or started.model, base_url, recording, served=served)
+        reconfigure(store, run_id, started, settings, reason="resume")
         drive(store, run_id, client, Workspace(started.workspace, sandbox=started.sandbox), resume=True, as_json=as_json)
 
 

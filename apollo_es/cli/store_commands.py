@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+import msgspec
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 import events
@@ -50,7 +51,7 @@ def init(db_path: str, as_json: bool) -> None:
 @with_store
 @json_option
 def runs(store: EventStore, as_json: bool) -> None:
-    """List runs and their branches, each branch under its parent.
+    """List runs and their branches, each branch under its parent (with --json, each stream's recorded cost).
 
     Example:
 
@@ -58,7 +59,8 @@ def runs(store: EventStore, as_json: bool) -> None:
     """
     infos = store.streams()
     if as_json:
-        print_json(infos)
+        costs = store.costs()
+        print_json([{**msgspec.to_builtins(info), "cost_usd": costs.get(info.stream_id)} for info in infos])
         return
     children: dict[str | None, list] = {}
     for info in infos:

@@ -68,6 +68,12 @@
       case "BranchCreated":
         return [el("div", {}, `branched from `, el("a", { href: runLink(ev.parent_stream) }, ev.parent_stream),
                    ` at v${ev.fork_version}`, ev.reason ? ` — ${ev.reason}` : "")];
+      case "RunReconfigured": {
+        const changed = Object.entries(ev).filter(([key, value]) => key !== "type" && key !== "reason" && value !== null)
+          .map(([key, value]) => `${key} = ${JSON.stringify(value)}`);
+        return [el("div", {}, el("b", {}, "settings changed"), ev.reason ? ` — ${ev.reason}` : ""),
+                el("div", { class: "muted" }, changed.join(" · "))];
+      }
       case "RunFinished":
         return [el("div", {}, el("b", {}, ev.status), ev.score !== null && ev.score !== undefined ? ` · score ${ev.score}` : "",
                    ev.error ? ` · ${ev.error}` : ""),
