@@ -25,6 +25,7 @@ from apollo_es.tools import Workspace
 from events import AgentActed, HumanIntervened, ToolObserved, Usage
 from projections.context import fold
 from projections.requests import digest
+from projections.samples import to_chat
 from tests.scripted import ScriptedAnthropic, text_reply, tool_use
 
 
@@ -65,7 +66,10 @@ def test_thinking_redacted_text_and_tool_use_go_back_exactly_as_received(tmp_pat
     with EventStore(tmp_path / "a.db") as store:
         drive(store, server.client(), start(store, tmp_path))
         [acted, _] = actions(store)
+        chat, _ = to_chat(fold(store.read("run-1")))
     assert server.requests[1]["messages"][1] == {"role": "assistant", "content": content}
+    # training sees the visible thinking as the turn's reasoning, never the encrypted block
+    assert next(m for m in chat if m["role"] == "assistant")["reasoning_content"] == "First, look.\n\nThen decide." and "EmwKAhgB" not in json.dumps(chat)
     assert acted.reasoning == "First, look.\n\nThen decide."  # the visible thinking is what training sees
     assert "[redacted thinking]" not in json.dumps(server.requests[1]) and acted.text == "Noting it."
 
