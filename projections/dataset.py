@@ -2,7 +2,7 @@
 
     OUT/native/          the trainer's format (projections.native_format), repeats stored once
     OUT/hf.jsonl         {"input_ids", "labels"} per line, -100 where masked, repeats written out
-    OUT/slime.jsonl      {"messages", "tools", "step_loss_mask"} per line, repeats written out
+    OUT/slime.jsonl      {"messages" (each with its "step_loss_mask"), "tools", "metadata"} per line, repeats written out
     OUT/projection.json  what was built: fingerprint, position, counts
     OUT/.cache/          each stream's rendered samples, for incremental builds
 
@@ -235,10 +235,12 @@ def _write_outputs(staging: Path, entries, formats, tok_hash, rule_fingerprint, 
 
 
 def _slime_row(spec: SampleSpec) -> dict[str, Any]:
-    """slime's format: the messages, the tools, and a 0/1 loss flag per message."""
+    """A row as slime's loader reads it (slime/utils/data.py, slime/utils/mask_utils.py): the loss
+    flag on each message (`message.get("step_loss_mask", 1)`: absent means trained, so every
+    message carries it), the tools under the default `--tool-key tools` and in `metadata.tools`."""
     flags = iter(spec.train)
-    step_loss_mask = [int(next(flags)) if m["role"] == "assistant" else 0 for m in spec.messages]
-    return {"id": spec.sample_id, "messages": spec.messages, "tools": spec.tools, "step_loss_mask": step_loss_mask}
+    messages = [{**m, "step_loss_mask": int(next(flags)) if m["role"] == "assistant" else 0} for m in spec.messages]
+    return {"id": spec.sample_id, "messages": messages, "tools": spec.tools, "metadata": {"tools": spec.tools, "sample_id": spec.sample_id}}
 
 
 def _annotated_elsewhere(store: EventStore, since: int) -> set[str]:

@@ -197,8 +197,11 @@ def test_project_masks_actions_the_policy_masks_and_upsamples(tmp_path, tokenize
     slime = [json.loads(line) for line in (tmp_path / "out" / "slime.jsonl").read_text().splitlines()]
     assert len(slime) == 24
     row = slime[0]
-    assert len(row["step_loss_mask"]) == len(row["messages"]) and row["tools"][0]["function"]["name"] == "run_command"
-    assert [f for m, f in zip(row["messages"], row["step_loss_mask"]) if m["role"] == "assistant"] == [1, 0]
+    assert row["tools"][0]["function"]["name"] == "run_command" and row["metadata"]["tools"] == row["tools"]
+    # slime trains an assistant message unless `message.get("step_loss_mask", 1) != 1` (slime/utils/mask_utils.py)
+    assert all("step_loss_mask" in m for m in row["messages"])
+    assert [m.get("step_loss_mask", 1) == 1 for m in row["messages"] if m["role"] == "assistant"] == [True, False]
+    assert all(m["step_loss_mask"] == 0 for m in row["messages"] if m["role"] != "assistant")
 
 
 def _files(directory: Path) -> dict[str, bytes]:
