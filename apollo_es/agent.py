@@ -48,7 +48,7 @@ from events import (
 )
 from projections.context import Context, estimate_tokens, fold, with_summary
 from projections.requests import digest, render_request
-from projections.summarization import PROMPT_ID, choose_cut, summarization_context
+from projections.summarization import PROMPT_ID, choose_cut, summarization_context, summary_problem
 
 __all__ = ["Agent", "READ_ONLY_TOOLS", "SAFE_TO_REPEAT", "StepReport"]
 
@@ -69,6 +69,9 @@ STOP_POLL_S = 0.2
 T = TypeVar("T")
 
 ANSWER_TOO_LARGE = "the model's answer cannot be recorded"
+
+SUMMARY_ATTEMPTS = 3
+"""Tries for a usable summary before the run fails (see `_summarize`)."""
 
 NO_TOOL_FEEDBACK = "No tool was called. Call exactly one tool; call finish(answer) when the task is done."
 NOT_RUN_AFTER_FINISH = "Not run: finish() in the same turn ended the task."
@@ -264,15 +267,31 @@ class Agent:
             self._observe(context.pending_action_id, _observed(call, observation))
 
     async def _summarize(self, context: Context) -> RunFinished | None:
-        """Record a `ContextSummarized`; if the summarizer fails, end the run as failed."""
+        """Record a `ContextSummarized`; if the summarizer fails, end the run as failed.
+
+        A summary replaces half the history for good, so an empty, cut-off or structureless one
+        (`summary_problem`) is asked for again, and after SUMMARY_ATTEMPTS the run fails rather
+        than continue on it. The rejected answers' cost goes with the next action's `discarded`.
+        """
         replaces_from, replaces_to = choose_cut(context)
         request = render_request(summarization_context(context, replaces_from, replaces_to))
-        try:
-            response, stopped = await self._unless_stopped(lambda: self.summarizer.complete(request))
-        except ModelError as exc:
-            return self._finish("failed", error=f"summarization failed: {exc}")
-        if stopped:
-            return None  # the fold sees the stop
+        for _ in range(SUMMARY_ATTEMPTS):
+            try:
+                response, stopped = await self._unless_stopped(lambda: self.summarizer.complete(request))
+            except ModelError as exc:
+                return self._finish("failed", error=f"summarization failed: {exc}")
+            if stopped:
+                return None  # the fold sees the stop
+            problem = summary_problem(response.text, response.stop_reason)
+            if problem is None:
+                break
+            log.warning("%s: summary rejected: %s", self.stream_id, problem)
+            self._discarded.append(DiscardedAnswer(
+                model=response.model, usage=response.usage, cost_usd=cost_usd(response.model, response.usage),
+                latency_ms=response.latency_ms, request_digest=digest(request),
+            ))
+        else:
+            return self._finish("failed", error=f"summarization failed: {problem}, {SUMMARY_ATTEMPTS} times")
         summary = ContextSummarized(
             summary=response.text,
             replaces_from=replaces_from,

@@ -22,7 +22,7 @@ import msgspec
 from apollo_es.store import RecordedEvent
 from events import ContextSummarized
 from projections.context import Context, Folder, Message
-from projections.summarization import summarization_context
+from projections.summarization import summarization_context, summary_problem
 
 __all__ = ["SampleSpec", "stream_samples", "to_chat"]
 
@@ -51,7 +51,7 @@ def stream_samples(stream_id: str, recorded: Sequence[RecordedEvent], keep: Call
             if react is not None:
                 samples.append(react)
             segment += 1
-            if item.stream_id == stream_id:
+            if item.stream_id == stream_id and summary_problem(item.event.summary, prompt_id=item.event.prompt_id) is None:
                 samples.append(_summary(stream_id, item, context))
         folder.add(item)
     react = _react(stream_id, segment, folder.context(), owners, keep, trained)

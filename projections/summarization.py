@@ -12,7 +12,7 @@ import msgspec
 from events import RunStarted
 from projections.context import Context, Message, message_chars
 
-__all__ = ["PROMPT_ID", "SUMMARY_SECTIONS", "choose_cut", "summarization_context"]
+__all__ = ["PROMPT_ID", "SUMMARY_SECTIONS", "choose_cut", "summarization_context", "summary_problem"]
 
 PROMPT_ID = "state-snapshot-v1"
 
@@ -100,3 +100,21 @@ def transcript(messages: list[Message]) -> str:
         else:
             parts.append(f"<{m.source}>\n{m.content}\n</{m.source}>")
     return "\n".join(parts)
+
+
+def summary_problem(summary: str, stop_reason: str = "", prompt_id: str = PROMPT_ID) -> str | None:
+    """Why a summary must not replace the history (or be trained on), or None if it may.
+
+    A summary replaces half the context for good: an empty one wipes the history, one cut off at
+    the output limit loses its end, and one without the snapshot's sections was not written to
+    this prompt. Summaries written to another prompt (imported runs) are only checked for text.
+    """
+    if not summary.strip():
+        return "the summary is empty"
+    if stop_reason in ("max_tokens", "length"):
+        return "the summary was cut off at the output limit"
+    if prompt_id == PROMPT_ID:
+        found = [name for name in SUMMARY_SECTIONS if f"## {name.lower()}" in summary.lower()]
+        if len(found) * 2 < len(SUMMARY_SECTIONS):
+            return f"the summary has {len(found)} of the {len(SUMMARY_SECTIONS)} sections the prompt asks for"
+    return None

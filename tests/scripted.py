@@ -39,6 +39,14 @@ def text_reply(text: str) -> dict:
     }
 
 
+def snapshot_reply(progress: str) -> dict:
+    """A summarizer's answer with every section the state-snapshot prompt asks for."""
+    from projections.summarization import SUMMARY_SECTIONS
+
+    sections = [f"## {name}\n{progress if i == 0 else 'none'}" for i, name in enumerate(SUMMARY_SECTIONS)]
+    return text_reply("\n".join(sections))
+
+
 class HTTPError:
     """A scripted error answer."""
 

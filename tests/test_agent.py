@@ -15,7 +15,7 @@ from apollo_es.tools import Workspace
 from events import SandboxSpec, ActionJudged, AgentActed, ContextSummarized, HumanIntervened, RunFinished, ToolObserved
 from projections.context import HUMAN_TAG, fold
 from projections.requests import digest, render_request
-from tests.scripted import ScriptedAnthropic, text_reply, texts, tool_use
+from tests.scripted import ScriptedAnthropic, snapshot_reply, text_reply, texts, tool_use
 
 
 def start(store: EventStore, tmp_path: Path, run_id: str = "run-1", **task_fields) -> Workspace:
@@ -149,7 +149,7 @@ def test_summarization_replaces_the_older_turns(tmp_path):
     workspace = start(store, tmp_path, summary_threshold=3_000)
     big = "x" * 4_000
     replies = [tool_use("think", {"thought": f"step {i} {big}"}, input_tokens=1_000 + 1_200 * i) for i in range(3)]
-    replies.append(text_reply("## Progress so far\nThree thoughts recorded."))  # the summarizer's answer
+    replies.append(snapshot_reply("Three thoughts recorded."))  # the summarizer's answer
     replies.append(tool_use("finish", {"answer": "done"}, input_tokens=1_200))
     server = ScriptedAnthropic(replies)
     run_agent(store, server, workspace)

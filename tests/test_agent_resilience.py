@@ -37,7 +37,7 @@ from apollo_es.tools import Workspace
 from events import AgentActed, ContextSummarized, HumanIntervened, RunFinished, ToolCall, ToolObserved, Usage
 from projections.context import HUMAN_TAG, fold
 from projections.requests import digest, render_request
-from tests.scripted import API_KEY, HTTPError, ScriptedAnthropic, texts, tool_use
+from tests.scripted import API_KEY, HTTPError, ScriptedAnthropic, snapshot_reply, texts, tool_use
 
 CLI = [sys.executable, "-c", "from apollo_es.cli import main; main()"]
 TIMEOUT = 60  # seconds; generous for slow CI, never reached when things work
@@ -267,7 +267,7 @@ def test_a_crash_after_any_append_resumes_to_the_same_run(tmp_path):
         respond(("think", {"thought": "plan"})),
         respond(("run_command", {"command": "echo one"})),
         msgspec.structs.replace(respond(("write_file", {"path": "notes.txt", "content": "a\n"})), usage=Usage(input_tokens=5_000)),
-        ModelResponse(text="## Progress so far\nnotes.txt written.", model="recorded-model"),  # the summary
+        ModelResponse(text=snapshot_reply("notes.txt written.")["content"][0]["text"], model="recorded-model"),  # the summary
         respond(("read_file", {"path": "notes.txt"}), ("run_command", {"command": "echo two"})),
         respond(("edit_file", {"path": "notes.txt", "old": "a", "new": "b"})),
         respond(("finish", {"answer": "done"}), ("think", {"thought": "too late"})),

@@ -22,11 +22,11 @@ from apollo_es.models.prices import DEFAULT_PRICES, cost_usd, load_prices
 from apollo_es.errors import ApolloError
 from apollo_es.tasks import ModelSettings, Task, TaskError, load_task, prepare_workspace, reconfiguration, run_started, sampling_of
 from apollo_es.tools import Workspace
-from events import AgentActed, HumanIntervened, ToolObserved, Usage
+from events import AgentActed, ContextSummarized, HumanIntervened, RunStarted, ToolObserved, Usage
 from projections.context import fold
 from projections.requests import digest
 from projections.samples import to_chat
-from tests.scripted import ScriptedAnthropic, text_reply, tool_use
+from tests.scripted import ScriptedAnthropic, snapshot_reply, text_reply, tool_use
 
 
 def start(store: EventStore, tmp_path: Path, *, provider: str = "anthropic", **task_fields: Any) -> Workspace:
@@ -108,7 +108,7 @@ def test_summarization_counts_the_cached_prompt(tmp_path: Path) -> None:
     """With caching, Anthropic's input_tokens is only the uncached tail: the trigger must add the
     cache reads, or summarization would never fire."""
     replies = [cached_step(f"step {i}", read=1_000 * i) for i in range(1, 5)]
-    replies += [text_reply("SUMMARY: steps 1-2 done."), tool_use("finish", {"answer": "ok"})]
+    replies += [snapshot_reply("Steps 1-2 done."), tool_use("finish", {"answer": "ok"})]
     server = ScriptedAnthropic(replies)
     with EventStore(tmp_path / "a.db") as store:
         drive(store, server.client(), start(store, tmp_path, summary_threshold=3_500))
@@ -415,3 +415,59 @@ def test_runs_json_shows_each_streams_cost(tmp_path: Path, monkeypatch: pytest.M
         drive(store, server.client(), start(store, tmp_path))
     result = cli("runs", "--json", "--db", tmp_path / "a.db")
     assert json.loads(result.output)[0]["cost_usd"] == pytest.approx((1_000 * 3 + 100 * 15) / 1e6)
+
+
+# -- summaries that may replace the history -----------------------------------------------------
+
+
+def summarizing_run(tmp_path: Path, summaries: list[dict]) -> tuple[EventStore, Any]:
+    replies = [cached_step(f"step {i}", read=1_000 * i) for i in range(1, 5)] + summaries + [tool_use("finish", {"answer": "ok"})]
+    server = ScriptedAnthropic(replies)
+    store = EventStore(tmp_path / "a.db")
+    finished = drive(store, server.client(), start(store, tmp_path, summary_threshold=3_500))
+    return store, finished
+
+
+def test_empty_cut_off_or_structureless_summaries_are_asked_again(tmp_path: Path) -> None:
+    cut_off = {**snapshot_reply("half a"), "stop_reason": "max_tokens"}
+    store, finished = summarizing_run(tmp_path, [text_reply(""), cut_off, snapshot_reply("Steps 1-3 done.")])
+    assert finished.status == "finished"
+    [summary] = [e.event for e in store.read("run-1") if e.kind == "ContextSummarized"]
+    assert "Steps 1-3 done." in summary.summary
+    last = [e.event for e in store.read("run-1") if e.kind == "AgentActed"][-1]
+    assert len(last.discarded) == 2  # the rejected summaries were paid for: recorded with the next action
+    store.close()
+
+
+def test_a_summarizer_that_never_gives_a_usable_summary_fails_the_run(tmp_path: Path) -> None:
+    store, finished = summarizing_run(tmp_path, [text_reply("Just some notes.")] * 3)
+    assert finished.status == "failed" and "summarization failed: the summary has 0 of the 7 sections" in finished.error
+    assert not [e for e in store.read("run-1") if e.kind == "ContextSummarized"]
+    store.close()
+
+
+def test_verify_checks_summarization_requests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from projections import summarization
+    from replay import verify_run
+
+    store, _ = summarizing_run(tmp_path, [snapshot_reply("done")])
+    report = verify_run(store, "run-1")
+    assert report.ok and report.summaries_checked == 1 and report.actions_checked == 5
+    monkeypatch.setattr(summarization, "_SYSTEM", "A changed summarization prompt.")
+    report = verify_run(store, "run-1")
+    summary_version = next(e.version for e in store.read("run-1") if e.kind == "ContextSummarized")
+    assert not report.ok and report.first_bad_version == summary_version and "summarization request" in report.reason
+    store.close()
+
+
+def test_only_usable_summaries_become_training_samples(tmp_path: Path) -> None:
+    from projections.samples import stream_samples
+
+    with EventStore(tmp_path / "a.db") as store:
+        store.append("imp", [RunStarted(task_id="t", task="t"), AgentActed(model="m", text="a"), ToolObserved(tool_call_id="", output="o"),
+                             ContextSummarized(summary="", replaces_from=2, replaces_to=3),
+                             AgentActed(model="m", text="b"), ToolObserved(tool_call_id="", output="o"),
+                             ContextSummarized(summary="imported notes, no sections", replaces_from=5, replaces_to=6)])
+        samples = stream_samples("imp", store.read("imp"), keep=lambda event_id: True)
+    summaries = [s for s in samples if s.type == "summary"]
+    assert [s.messages[-1]["content"] for s in summaries] == ["imported notes, no sections"]  # the empty one is not trained

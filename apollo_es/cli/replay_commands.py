@@ -32,7 +32,7 @@ from replay.rerun import DEFAULT_NORMALIZATIONS, DEFAULT_SKIP_TOOLS
 @click.option("--model", help="With --continue: the model to continue with.")
 @model_options
 @settings_options
-@click.option("--verify", "do_verify", is_flag=True, help="Check every action's context digest against today's fold, and the hash chain.")
+@click.option("--verify", "do_verify", is_flag=True, help="Check every action's and summary's request digest against today's fold, and the hash chain.")
 @click.option("--rerun", "do_rerun", is_flag=True, help="Re-execute the recorded actions in --workspace and compare the observations.")
 @click.option("--workspace", "workspace_dir", type=click.Path(file_okay=False), help="For --rerun and --continue: the workspace to use.")
 @click.option("--task", "task_file", type=click.Path(dir_okay=False, exists=True), help="For --rerun and --continue: prepare --workspace from this task file first.")
@@ -128,7 +128,8 @@ def _verify(store: EventStore, run_id: str, as_json: bool) -> None:
         where = f"version {report.first_bad_version}" if report.first_bad_version else f"position {report.first_bad_position}"
         raise click.ClickException(f"{run_id} does not verify at {where}: {report.reason}")
     if not as_json:
-        click.echo(f"OK: {report.actions_checked} actions reproduce their recorded context digests; hash chain intact")
+        click.echo(f"OK: {report.actions_checked} actions and {report.summaries_checked} summaries reproduce "
+                   "their recorded request digests; hash chain intact")
 
 
 def _rerun(store, run_id, at_version, workspace_dir, task_file, normalize, skip_tools, allow_imported_commands, as_json) -> None:
