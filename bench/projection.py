@@ -3,10 +3,15 @@
     python bench/projection.py [--smoke] [--out DIR]
 
 1. Projection throughput in tokens/s (read the runs, decide masks, render through the chat
-   template, tokenize with offsets, check and write the native, HF and slime outputs) vs the
-   raw batch encoding of the same rendered texts by the same fast tokenizer. Target: >= 0.5.
+   template, tokenize, check and write the native, HF and slime outputs) vs the raw batch
+   encoding of the same rendered texts by the same fast tokenizer. Target: >= 0.5.
 2. Peak memory (peak RSS of a fresh process) projecting 100 and 1,000 synthetic runs: the
    projection streams one run at a time, so it should stay flat.
+3. The cost of per-turn fidelity on the 2,500-step run shape (every action with reasoning,
+   a summary about every 150 steps, 10 human guidance messages; GLM-4.5's template, which
+   drops reasoning before the last user message): tokens written vs today's single
+   rendering of each segment (target <= 1.5x), and rendering throughput vs the raw
+   tokenizer encoding the same texts (target >= 0.5x).
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable from t
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from apollo_es import NO_STREAM, EventStore
-from bench._common import Row, Target, environment, log, parse_args, report
+from bench._common import Row, Target, compare_seconds, environment, log, median_seconds, parse_args, report
 from bench._synthetic import synthetic_run
-from projections.chat_template import load_tokenizer, render_masked
+from projections.chat_template import load_tokenizer, render_masked, render_masked_many
 from projections.dataset import project
 from projections.rules import RuleSet
 from projections.samples import stream_samples
@@ -51,7 +56,7 @@ def throughput(tmp: Path, runs: int, steps: int, tokenizer_dir: Path) -> Row:
     texts = []
     for stream in sorted(store.stream_positions()):
         for spec in stream_samples(stream, store.read(stream), lambda _: True):
-            texts.append(render_masked(tokenizer, spec.messages, spec.tools, spec.train).text)
+            texts.extend(piece.text for piece in render_masked(tokenizer, spec.messages, spec.tools, spec.train))
     started = time.perf_counter()
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     raw_s = time.perf_counter() - started
@@ -60,11 +65,47 @@ def throughput(tmp: Path, runs: int, steps: int, tokenizer_dir: Path) -> Row:
     return Row(
         key="throughput", name="Projection throughput",
         baseline_label="raw batch encoding of the same rendered texts (fast tokenizer)",
-        ours_label="project(): read, decide, render, tokenize with offsets, mask, check, write 3 formats",
+        ours_label="project(): read, decide, render per turn, tokenize, mask, check, write 3 formats",
         conditions=f"{runs} runs x {steps} steps, {tokens:,} tokens; byte-level BPE tokenizer (GLM-4.5 template); no length limit",
         unit="tokens/s", baseline=tokens / raw_s, ours=tokens / ours_s, target=Target(">=", 0.5),
         details={"tokens": tokens, "samples": result.manifest.samples},
     )
+
+
+def fidelity(tmp: Path, steps: int, summaries: int, guidance: int, tokenizer_dir: Path) -> list[Row]:
+    store = EventStore(tmp / "fidelity.db")
+    store.append("run", synthetic_run(steps, summaries=summaries, reasoning=True, guidance=guidance), expected_version=NO_STREAM,
+                 actor="agent")
+    specs = stream_samples("run", store.read("run"), lambda _: True)
+    store.close()
+    tokenizer = load_tokenizer(tokenizer_dir)
+    conversations = [(spec.messages, spec.tools, spec.train) for spec in specs]
+
+    def single():  # today's way: each sample rendered once as a whole and tokenized once
+        texts = [tokenizer.apply_chat_template(spec.messages, tools=spec.tools, tokenize=False) for spec in specs]
+        return tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+
+    single_s, ours_s = compare_seconds(single, lambda: render_masked_many(tokenizer, conversations), repeat=3)
+    single_tokens = sum(len(e.ids) for e in single())
+    pieces = [piece for conversation in render_masked_many(tokenizer, conversations) for piece in conversation]
+    ours_tokens = sum(len(piece.ids) for piece in pieces)
+    texts = [piece.text for piece in pieces]
+    raw_s = median_seconds(lambda: tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False), repeat=3)
+    conditions = (f"1 run x {steps} steps with reasoning, {summaries} summaries, {guidance} guidance messages; "
+                  f"{len(specs)} samples -> {len(pieces)} sequences; GLM-4.5 template")
+    details = {"samples": len(specs), "sequences": len(pieces), "single_rendering_s": single_s, "per_turn_s": ours_s,
+               "raw_encoding_s": raw_s}
+    return [
+        Row(key="fidelity_tokens", name="Per-turn fidelity: tokens written",
+            baseline_label="single rendering of each sample (reasoning before a human message lost)",
+            ours_label="per-turn rendering (a sequence per unchanged prefix)", conditions=conditions, unit="tokens",
+            baseline=single_tokens, ours=ours_tokens, target=Target("<=", 1.5), details=details),
+        Row(key="fidelity_throughput", name="Per-turn fidelity: rendering throughput",
+            baseline_label="raw batch encoding of the same texts (fast tokenizer)",
+            ours_label="render_masked_many: pieces, prompt checks, escaping, tokenize, masks, decode checks",
+            conditions=conditions, unit="tokens/s", baseline=ours_tokens / raw_s, ours=ours_tokens / ours_s,
+            target=Target(">=", 0.5), details=details),
+    ]
 
 
 def peak_memory_mb(runs: int, steps: int, tokenizer_dir: Path, tmp: Path) -> float:
@@ -90,6 +131,7 @@ def peak_memory_mb(runs: int, steps: int, tokenizer_dir: Path, tmp: Path) -> flo
 def main() -> int:
     args = parse_args(__doc__.splitlines()[0])
     runs, steps, memory_runs, memory_steps = (4, 20, (5, 20), 10) if args.smoke else (40, 200, (100, 1_000), 30)
+    shape = (120, 2, 2) if args.smoke else (2_500, 16, 10)  # steps, summaries, guidance messages
     rows = []
     with tempfile.TemporaryDirectory(prefix="apollo-bench-") as name:
         tmp = Path(name)
@@ -107,9 +149,12 @@ def main() -> int:
             baseline=small_mb, ours=large_mb, target=Target("<=", 1.5),
             details={"runs": [small, large]},
         ))
+        log(f"3. per-turn fidelity on {shape[0]} steps ...")
+        rows.extend(fidelity(tmp, *shape, tokenizer_dir))
     path = report("projection", "apollo-es training projection benchmark", rows,
                   environment(["apollo-es", "transformers", "tokenizers", "numpy"]), out_dir=args.out,
-                  parameters={"smoke": args.smoke, "runs": runs, "steps": steps, "memory_runs": memory_runs})
+                  parameters={"smoke": args.smoke, "runs": runs, "steps": steps, "memory_runs": memory_runs,
+                              "fidelity_shape": shape})
     log(f"wrote {path}")
     return 0
 

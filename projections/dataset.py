@@ -1,10 +1,20 @@
 """The training projection runner: runs → masked token sequences → dataset files.
 
     OUT/native/          the trainer's format (projections.native_format), repeats stored once
-    OUT/hf.jsonl         {"input_ids", "labels"} per line, -100 where masked, repeats written out
-    OUT/slime.jsonl      {"messages" (each with its "step_loss_mask"), "tools", "metadata"} per line, repeats written out
-    OUT/projection.json  what was built: fingerprint, position, counts
+    OUT/hf.parquet       format `hf`: columns id, type, input_ids, labels (-100 where masked)
+    OUT/hf.jsonl         format `hf-jsonl`: the same columns, one JSON object per line
+    OUT/slime.jsonl      {"messages" (each with its "step_loss_mask"), "tools", "metadata"} per line
+    OUT/projection.json  what was built: fingerprint, position, counts, skipped runs
     OUT/.cache/          each stream's rendered samples, for incremental builds
+
+Repeats (ReAct 7x, summaries 10x) are written out as rows in `hf`, `hf-jsonl` and `slime`,
+because TRL and slime read every row once per epoch; the native format stores each sample
+once with its count. A conversation that needs several token sequences (a template that
+rewrites history, see projections.chat_template) gives one row per sequence, ids suffixed
+`.1`, `.2`, ...; its slime row is the conversation up to that sequence's last trained turn.
+
+A run that cannot be rendered is skipped and reported (`ProjectionReport.skipped`: run,
+version, reason); the rest of the dataset is written.
 
 Incremental: the store keeps a checkpoint (position, fingerprint) per output directory. A
 stream is rendered again only when it has events past the checkpoint; everything else
@@ -34,16 +44,18 @@ import numpy as np
 
 from apollo_es.errors import ApolloError
 from apollo_es.store import EventStore
-from projections.chat_template import RenderError, load_tokenizer, render_masked_many, tokenizer_hash
+from projections.chat_template import RenderError, Rendered, load_tokenizer, render_masked, render_masked_many, tokenizer_info
 from projections.native_format import Manifest, SampleMeta, write_native
 from projections.policy import annotations_for, decide
 from projections.rules import RuleSet
 from projections.samples import SampleSpec, stream_samples
 
-__all__ = ["FORMATS", "ProjectionError", "ProjectionReport", "project"]
+__all__ = ["DEFAULT_FORMATS", "FORMATS", "ProjectionError", "ProjectionReport", "SkippedRun", "project"]
 
-PROJECTION_VERSION = 1
-FORMATS = ("native", "hf", "slime")
+PROJECTION_VERSION = 2
+FORMATS = ("native", "hf", "hf-jsonl", "slime")
+DEFAULT_FORMATS = ("native", "hf", "slime")
+_PARQUET_ROWS = 256
 LengthPolicy = Literal["drop", "truncate"]
 
 
@@ -51,10 +63,24 @@ class ProjectionError(ApolloError):
     """A projection that cannot be built; nothing was written."""
 
 
+class SkippedRun(msgspec.Struct, frozen=True):
+    """A run left out because one of its samples cannot be rendered."""
+
+    stream_id: str
+    version: int | None
+    """The event the failing message comes from, where known."""
+    sample_id: str
+    reason: str
+
+
 class _Cached(msgspec.Struct, frozen=True):
-    """One rendered sample as kept in the cache."""
+    """One rendered token sequence as kept in the cache."""
 
     spec: SampleSpec
+    messages: int
+    """It renders spec.messages[:messages] ..."""
+    turns: list[int]
+    """... and trains these assistant messages of it."""
     meta: SampleMeta
     ids: bytes
     mask: bytes
@@ -77,6 +103,7 @@ class ProjectionReport(msgspec.Struct, frozen=True):
     rendered_streams: int
     cached_streams: int
     manifest: Manifest
+    skipped: list[SkippedRun] = msgspec.field(default_factory=list)
 
 
 def project(
@@ -85,7 +112,7 @@ def project(
     *,
     tokenizer_path: str | Path,
     ruleset: RuleSet,
-    formats: Sequence[str] = FORMATS,
+    formats: Sequence[str] = DEFAULT_FORMATS,
     runs: Sequence[str] | None = None,
     rebuild: bool = False,
     max_tokens: int = 131_072,
@@ -105,7 +132,8 @@ def project(
     out_dir = Path(out_dir).resolve()
     _check_writable(out_dir)
     tokenizer = load_tokenizer(tokenizer_path)
-    tok_hash = tokenizer_hash(tokenizer_path)
+    tokenizer_source = tokenizer_info(tokenizer_path)
+    tok_hash = tokenizer_source.hash
     settings = {"rules": ruleset.fingerprint, "tokenizer": tok_hash, "max_tokens": max_tokens, "length_policy": length_policy,
                 "react_repeat": react_repeat, "summary_repeat": summary_repeat, "version": PROJECTION_VERSION}
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
@@ -125,6 +153,8 @@ def project(
     try:
         (staging / ".cache").mkdir()
         rendered = cached = 0
+        skipped: list[SkippedRun] = []
+        written: list[str] = []
         for done, stream_id in enumerate(selected, 1):
             fresh = since is not None and positions[stream_id] <= since and stream_id not in dirty
             entry = _load_cache(cache_dir, stream_id) if fresh else None
@@ -134,25 +164,32 @@ def project(
                 rendered += 1
             else:
                 cached += 1
+            if isinstance(entry, SkippedRun):
+                skipped.append(entry)
+                continue
             if runs is not None and not entry.samples:
                 raise ProjectionError(
                     f"run {stream_id!r} has no kept action to train on "
                     f"({entry.masked_actions} masked, {entry.kept_actions} kept but already trained elsewhere or over length)"
                 )
             (staging / ".cache" / _cache_name(stream_id)).write_bytes(msgspec.msgpack.encode(entry))
+            written.append(stream_id)
             if progress is not None:
                 progress(done, len(selected))
-        entries = [(stream_id, staging / ".cache" / _cache_name(stream_id)) for stream_id in selected]
+        entries = [(stream_id, staging / ".cache" / _cache_name(stream_id)) for stream_id in written]
         manifest = _write_outputs(staging, entries, formats, tok_hash, ruleset.fingerprint, max_tokens, length_policy,
-                                  str(Path(tokenizer_path).resolve()))
+                                  msgspec.to_builtins(tokenizer_source))
         if manifest.trained_tokens == 0:
+            because = "".join(f"\n  skipped {s.stream_id} (v{s.version}): {s.reason}" for s in skipped)
             raise ProjectionError(
-                f"no kept action to train on in {len(selected)} run(s): every action was masked or there were none"
+                f"no kept action to train on in {len(selected)} run(s): every action was masked, there were none, "
+                f"or their runs were skipped{because}"
             )
         report = ProjectionReport(out_dir=str(out_dir), fingerprint=fingerprint, position=head,
-                                  rendered_streams=rendered, cached_streams=cached, manifest=manifest)
-        summary = {"fingerprint": fingerprint, "settings": settings, "formats": sorted(formats), "runs": selected,
-                   "position": head, "manifest": msgspec.to_builtins(manifest)}
+                                  rendered_streams=rendered, cached_streams=cached, manifest=manifest, skipped=skipped)
+        summary = {"fingerprint": fingerprint, "settings": settings, "formats": sorted(formats), "runs": written,
+                   "position": head, "manifest": msgspec.to_builtins(manifest),
+                   "skipped": msgspec.to_builtins(skipped)}
         (staging / "projection.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         _swap_in(staging, out_dir)
     except BaseException:
@@ -162,36 +199,59 @@ def project(
     return report
 
 
-def _render_stream(store, stream_id, tokenizer, ruleset, max_tokens, length_policy, repeats) -> _StreamCache:
+def _render_stream(store, stream_id, tokenizer, ruleset, max_tokens, length_policy, repeats) -> _StreamCache | SkippedRun:
     recorded = store.read(stream_id)
     decisions = decide(recorded, ruleset, extra=annotations_for(store, recorded))
     own = [d for d in decisions.values() if d.stream_id == stream_id]
     specs = stream_samples(stream_id, recorded, lambda event_id: decisions[event_id].keep if event_id in decisions else True)
     try:
         results = render_masked_many(tokenizer, [(spec.messages, spec.tools, spec.train) for spec in specs])
-    except RenderError as exc:
-        raise ProjectionError(f"{stream_id}: {exc}") from exc
+    except RenderError:
+        return _skipped(tokenizer, stream_id, specs)
     samples, dropped, truncated = [], 0, 0
-    for spec, result in zip(specs, results):
-        ids, mask, cut = result.ids, result.mask, False
-        if len(ids) > max_tokens:
-            if length_policy == "drop":
+    for spec, pieces in zip(specs, results):
+        for number, piece in enumerate(pieces, 1):
+            sample_id = spec.sample_id if len(pieces) == 1 else f"{spec.sample_id}.{number}"
+            cached = _sample(spec, sample_id, piece, repeats[spec.type], max_tokens, length_policy)
+            if cached is None:
                 dropped += 1
                 continue
-            ids, mask, cut = ids[:max_tokens], mask[:max_tokens], True
-            if not mask.any():
-                dropped += 1
-                continue
-            truncated += 1
-        meta = SampleMeta(sample_id=spec.sample_id, stream_id=stream_id, type=spec.type, repeat=repeats[spec.type],
-                          tokens=len(ids), trained_tokens=int(mask.sum()), truncated=cut)
-        samples.append(_Cached(spec=spec, meta=meta, ids=ids.astype(np.int32).tobytes(), mask=mask.astype(np.uint8).tobytes()))
+            truncated += cached.meta.truncated
+            samples.append(cached)
     return _StreamCache(stream_id=stream_id, position=max(r.position for r in recorded if r.stream_id == stream_id),
                         samples=samples, dropped=dropped, truncated=truncated,
                         masked_actions=sum(not d.keep for d in own), kept_actions=sum(d.keep for d in own))
 
 
-def _write_outputs(staging: Path, entries, formats, tok_hash, rule_fingerprint, max_tokens, length_policy, tokenizer_path) -> Manifest:
+def _sample(spec: SampleSpec, sample_id: str, piece: Rendered, repeat: int, max_tokens: int,
+            length_policy: LengthPolicy) -> _Cached | None:
+    """One token sequence under the length policy (None: dropped)."""
+    ids, mask, cut = piece.ids, piece.mask, False
+    if len(ids) > max_tokens:
+        if length_policy == "drop":
+            return None
+        ids, mask, cut = ids[:max_tokens], mask[:max_tokens], True
+        if not mask.any():
+            return None
+    meta = SampleMeta(sample_id=sample_id, stream_id=spec.stream_id, type=spec.type, repeat=repeat,
+                      tokens=len(ids), trained_tokens=int(mask.sum()), truncated=cut)
+    return _Cached(spec=spec, messages=piece.messages, turns=list(piece.turns), meta=meta,
+                   ids=ids.astype(np.int32).tobytes(), mask=mask.astype(np.uint8).tobytes())
+
+
+def _skipped(tokenizer, stream_id: str, specs: Sequence[SampleSpec]) -> SkippedRun:
+    """Which sample of a stream that failed to render fails, and where (rendered one by one)."""
+    for spec in specs:
+        try:
+            render_masked(tokenizer, spec.messages, spec.tools, spec.train)
+        except RenderError as exc:
+            index = exc.message_index
+            version = spec.versions[index] if index is not None and index < len(spec.versions) else None
+            return SkippedRun(stream_id=stream_id, version=version, sample_id=spec.sample_id, reason=str(exc))
+    raise AssertionError("rendering failed together but not one by one")
+
+
+def _write_outputs(staging: Path, entries, formats, tok_hash, rule_fingerprint, max_tokens, length_policy, tokenizer: dict) -> Manifest:
     """Write every requested format from the cached streams, one stream in memory at a time."""
     totals = {"dropped": 0, "truncated": 0, "masked_actions": 0, "kept_actions": 0}
 
@@ -203,44 +263,80 @@ def _write_outputs(staging: Path, entries, formats, tok_hash, rule_fingerprint, 
             for cached in entry.samples:
                 yield cached, np.frombuffer(cached.ids, dtype=np.int32), np.frombuffer(cached.mask, dtype=np.uint8)
 
-    hf = open(staging / "hf.jsonl", "wb") if "hf" in formats else None
+    extra = {"tokenizer_path": tokenizer["path"], "tokenizer": tokenizer}
+    hf = _ParquetRows(staging / "hf.parquet") if "hf" in formats else None
+    hf_jsonl = open(staging / "hf.jsonl", "wb") if "hf-jsonl" in formats else None
     slime = open(staging / "slime.jsonl", "wb") if "slime" in formats else None
     try:
         def native_samples():
             for cached, ids, mask in samples():
+                row = {"id": cached.meta.sample_id, "type": cached.meta.type, "input_ids": ids,
+                       "labels": np.where(mask == 1, ids, -100).astype(np.int32)}
                 if hf:
-                    labels = np.where(mask == 1, ids, -100)
-                    line = msgspec.json.encode({"id": cached.meta.sample_id, "input_ids": ids.tolist(), "labels": labels.tolist()})
-                    hf.write((line + b"\n") * cached.meta.repeat)
+                    hf.add(row, cached.meta.repeat)
+                if hf_jsonl:
+                    line = msgspec.json.encode({**row, "input_ids": ids.tolist(), "labels": row["labels"].tolist()})
+                    hf_jsonl.write((line + b"\n") * cached.meta.repeat)
                 if slime:
-                    slime.write((msgspec.json.encode(_slime_row(cached.spec)) + b"\n") * cached.meta.repeat)
+                    slime.write((msgspec.json.encode(_slime_row(cached)) + b"\n") * cached.meta.repeat)
                 yield cached.meta, ids, mask
 
         manifest = write_native(
             staging / "native", native_samples(), tokenizer_hash=tok_hash, rule_fingerprint=rule_fingerprint,
             max_tokens=max_tokens, length_policy=length_policy, shard_tokens=4 * 1024 * 1024,
-            extra={"tokenizer_path": tokenizer_path, **totals},
+            extra={**extra, **totals},
         )
     finally:
-        for f in (hf, slime):
+        for f in (hf, hf_jsonl, slime):
             if f:
                 f.close()
     if "native" not in formats:
         shutil.rmtree(staging / "native")
     manifest = msgspec.structs.replace(manifest, dropped_over_length=totals["dropped"], truncated_over_length=totals["truncated"],
-                                       extra={"tokenizer_path": tokenizer_path, **totals})
+                                       extra={**extra, **totals})
     if "native" in formats:
         (staging / "native" / "manifest.json").write_bytes(msgspec.json.format(msgspec.json.encode(manifest)) + b"\n")
     return manifest
 
 
-def _slime_row(spec: SampleSpec) -> dict[str, Any]:
+class _ParquetRows:
+    """`hf.parquet`, written a row group at a time."""
+
+    def __init__(self, path: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._pa = pa
+        self._schema = pa.schema([("id", pa.string()), ("type", pa.string()), ("input_ids", pa.list_(pa.int32())),
+                                  ("labels", pa.list_(pa.int32()))])
+        self._writer = pq.ParquetWriter(path, self._schema)
+        self._rows: list[dict[str, Any]] = []
+
+    def add(self, row: dict[str, Any], repeat: int) -> None:
+        self._rows.extend([row] * repeat)
+        if len(self._rows) >= _PARQUET_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            columns = {name: [row[name] for row in self._rows] for name in self._schema.names}
+            self._writer.write_table(self._pa.table(columns, schema=self._schema))
+            self._rows = []
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+
+def _slime_row(cached: _Cached) -> dict[str, Any]:
     """A row as slime's loader reads it (slime/utils/data.py, slime/utils/mask_utils.py): the loss
     flag on each message (`message.get("step_loss_mask", 1)`: absent means trained, so every
-    message carries it), the tools under the default `--tool-key tools` and in `metadata.tools`."""
-    flags = iter(spec.train)
-    messages = [{**m, "step_loss_mask": int(next(flags)) if m["role"] == "assistant" else 0} for m in spec.messages]
-    return {"id": spec.sample_id, "messages": messages, "tools": spec.tools, "metadata": {"tools": spec.tools, "sample_id": spec.sample_id}}
+    message carries it), the tools under the default `--tool-key tools` and in `metadata.tools`.
+    The conversation ends with the sequence's last trained turn, and only its turns are trained."""
+    spec, trained = cached.spec, set(cached.turns)
+    messages = [{**m, "step_loss_mask": int(i in trained)} for i, m in enumerate(spec.messages[:cached.messages])]
+    sample_id = cached.meta.sample_id
+    return {"id": sample_id, "messages": messages, "tools": spec.tools, "metadata": {"tools": spec.tools, "sample_id": sample_id}}
 
 
 def _annotated_elsewhere(store: EventStore, since: int) -> set[str]:

@@ -35,6 +35,8 @@ class SampleSpec(msgspec.Struct, frozen=True, kw_only=True):
     tools: list[dict[str, Any]]
     train: list[bool]
     """One flag per assistant message, in order."""
+    versions: list[int]
+    """The version of the event each message comes from (the summarization request's are the summary's)."""
 
 
 def stream_samples(stream_id: str, recorded: Sequence[RecordedEvent], keep: Callable[[str], bool]) -> list[SampleSpec]:
@@ -72,8 +74,9 @@ def _react(stream_id, segment, context: Context, owners: dict[str, str], keep, t
     if not any(flags):
         return None
     messages, tools = to_chat(context)
+    message_versions = [1] * (len(messages) - len(context.messages)) + [m.version for m in context.messages]
     return SampleSpec(sample_id=f"{stream_id}#react-{segment}", stream_id=stream_id, type="react",
-                      messages=messages, tools=tools, train=flags)
+                      messages=messages, tools=tools, train=flags, versions=message_versions)
 
 
 def _summary(stream_id: str, item: RecordedEvent, context: Context) -> SampleSpec:
@@ -82,7 +85,7 @@ def _summary(stream_id: str, item: RecordedEvent, context: Context) -> SampleSpe
     messages, _ = to_chat(request)
     messages.append({"role": "assistant", "content": event.summary})
     return SampleSpec(sample_id=f"{stream_id}#summary-v{item.version}", stream_id=stream_id, type="summary",
-                      messages=messages, tools=[], train=[True])
+                      messages=messages, tools=[], train=[True], versions=[item.version] * len(messages))
 
 
 def to_chat(context: Context) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -27,6 +27,24 @@ FAMILIES = {
         "added": ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"],
         "eos": "<|im_end|>",
     },
+    "qwen3": {
+        "special": ["<|im_start|>", "<|im_end|>", "<|endoftext|>"],
+        "added": ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"],
+        "eos": "<|im_end|>",
+    },
+    "llama3": {
+        "special": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                    "<|eom_id|>", "<|python_tag|>", "<|reserved_special_token_0|>"],
+        "added": [],
+        "eos": "<|eot_id|>",
+        "bos": "<|begin_of_text|>",
+        "pad": "<|end_of_text|>",
+    },
+    "chatml-generation": {
+        "special": ["<|im_start|>", "<|im_end|>", "<|endoftext|>"],
+        "added": ["<think>", "</think>", "<tool_call>", "</tool_call>"],
+        "eos": "<|im_end|>",
+    },
 }
 
 _CORPUS = """The agent reads the file, runs the command and checks the output.
@@ -40,7 +58,7 @@ I will summarize the progress so far, the hypotheses and the experiments.
 
 
 def build_tiny_tokenizer(out_dir: str | Path, family: str = "glm45", vocab_size: int = 600) -> Path:
-    """Write a fast tokenizer for `family` (glm45 or chatml) with its chat template to `out_dir`."""
+    """Write a fast tokenizer for `family` (one of FAMILIES) with its chat template to `out_dir`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -55,8 +73,10 @@ def build_tiny_tokenizer(out_dir: str | Path, family: str = "glm45", vocab_size:
         show_progress=False,
     )
     tokenizer.train_from_iterator(_CORPUS.splitlines() * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=spec["eos"], pad_token="<|endoftext|>")
-    fast.add_tokens(spec["added"])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=spec["eos"], bos_token=spec.get("bos"),
+                                   pad_token=spec.get("pad", "<|endoftext|>"))
+    if spec["added"]:
+        fast.add_tokens(spec["added"])
     fast.chat_template = (TEMPLATES / f"{family}.jinja").read_text()
     out_dir = Path(out_dir)
     fast.save_pretrained(str(out_dir))

@@ -58,7 +58,7 @@ def run_smoke(script: str, out: Path) -> dict:
 
 
 def test_replay_and_projection_benchmarks_smoke(tmp_path: Path) -> None:
-    for script, keys in (("replay.py", {"state_at", "branch"}), ("projection.py", {"throughput", "memory"})):
+    for script, keys in (("replay.py", {"state_at", "branch"}), ("projection.py", {"throughput", "memory", "fidelity_tokens", "fidelity_throughput"})):
         rows = {row["key"]: row for row in run_smoke(script, tmp_path)["rows"]}
         assert set(rows) == keys, script
         for row in rows.values():

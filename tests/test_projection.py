@@ -26,7 +26,7 @@ from events import (
     ToolObserved,
     ToolSpec,
 )
-from projections.chat_template import PROFILES, RenderError, _assistant_spans, load_tokenizer, render_masked
+from projections.chat_template import RenderError, load_tokenizer
 from projections.dataset import ProjectionError, project
 from projections.native_format import NativeDataset
 from projections.rules import RuleSet
@@ -45,89 +45,6 @@ def tokenizer_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def tokenizers(tokenizer_dirs) -> dict:
     return {family: load_tokenizer(path) for family, path in tokenizer_dirs.items()}
-
-
-# -- masks, as properties over random conversations ---------------------------------------
-
-_text = st.text(alphabet=string.ascii_letters + string.digits + " .,:;!?()[]{}'\"\n_-+=/*#é漢🙂", min_size=0, max_size=40)
-
-
-@st.composite
-def conversations(draw):
-    """System, task, then assistant turns with tool calls and results, and human messages anywhere."""
-    messages = [{"role": "system", "content": draw(_text)}, {"role": "user", "content": draw(_text.filter(str.strip))}]
-    for turn in range(draw(st.integers(min_value=1, max_value=6))):
-        assistant = {"role": "assistant", "content": draw(_text)}
-        if draw(st.booleans()):
-            assistant["reasoning_content"] = draw(_text.filter(str.strip))
-        calls = draw(st.integers(min_value=0, max_value=2))
-        if calls:
-            assistant["tool_calls"] = [
-                {"id": f"c{turn}-{i}", "type": "function",
-                 "function": {"name": draw(st.sampled_from(["run_command", "read_file", "think"])),
-                              "arguments": {"arg": draw(_text), "n": draw(st.integers(0, 99))}}}
-                for i in range(calls)
-            ]
-        elif not assistant["content"].strip():
-            assistant["content"] = "done"
-        messages.append(assistant)
-        if not calls:  # the engine answers a turn without a tool call with feedback
-            messages.append({"role": "user", "content": "No tool was called."})
-        for i in range(calls):
-            messages.append({"role": "tool", "content": draw(_text), "tool_call_id": f"c{turn}-{i}"})
-        if draw(st.integers(0, 3)) == 0:
-            messages.append({"role": "user", "content": f"<real_user_message>\n{draw(_text)}\n</real_user_message>"})
-    train = draw(st.lists(st.booleans(), min_size=sum(m["role"] == "assistant" for m in messages),
-                          max_size=sum(m["role"] == "assistant" for m in messages)))
-    return messages, train
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(case=conversations())
-def test_only_kept_assistant_turns_are_trained(tokenizers, family, case):
-    messages, train = case
-    tokenizer = tokenizers[family]
-    profile = next(p for p in PROFILES if p.name == family)
-    tools = [{"type": "function", "function": {"name": "run_command", "description": "run", "parameters": {"type": "object"}}}]
-    rendered = render_masked(tokenizer, messages, tools, train)
-    spans = _assistant_spans(rendered.text, profile)
-    assert len(spans) == len(train)
-
-    encoding = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
-    starts = [s for s, _ in encoding["offset_mapping"]]
-    assert list(rendered.ids) == encoding["input_ids"]
-    kept = [span for span, keep in zip(spans, train) if keep]
-    # 1. decoding the trained tokens gives exactly the kept assistant turns as rendered
-    trained_text = tokenizer.decode(rendered.ids[rendered.mask == 1].tolist(), skip_special_tokens=False)
-    assert trained_text == "".join(rendered.text[b:e] for b, e in kept)
-    # 2. no system, user or tool token is ever trained: every trained token starts inside a kept turn
-    for start, trained in zip(starts, rendered.mask):
-        if trained:
-            assert any(b <= start < e for b, e in kept)
-    # 3. each kept turn ends with its end-of-turn token, trained
-    for b, e in kept:
-        last = max(i for i, s in enumerate(starts) if b <= s < e)
-        assert rendered.mask[last] == 1
-        assert tokenizer.decode([int(rendered.ids[last])], skip_special_tokens=False) in profile.turn_ends + (profile.closing,)
-
-
-def test_glm_drops_early_reasoning_after_a_late_human_message_and_the_mask_follows(tokenizers):
-    tokenizer = tokenizers["glm45"]
-    base = [
-        {"role": "user", "content": "task"},
-        {"role": "assistant", "content": "first", "reasoning_content": "EARLY-THOUGHT",
-         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "think", "arguments": {"thought": "x"}}}]},
-        {"role": "tool", "content": "ok", "tool_call_id": "c1"},
-        {"role": "assistant", "content": "second", "reasoning_content": "LATE-THOUGHT"},
-    ]
-    before = render_masked(tokenizer, base, None, [True, True])
-    assert "EARLY-THOUGHT" in before.text
-    late_human = [*base[:3], {"role": "user", "content": "<real_user_message>\nstop thinking\n</real_user_message>"}, base[3]]
-    after = render_masked(tokenizer, late_human, None, [True, True])
-    assert "EARLY-THOUGHT" not in after.text and "LATE-THOUGHT" in after.text
-    trained = tokenizer.decode(after.ids[after.mask == 1].tolist(), skip_special_tokens=False)
-    assert "stop thinking" not in trained and "first" in trained and "LATE-THOUGHT" in trained
 
 
 def test_a_tokenizer_without_a_chat_template_is_refused(tmp_path, tokenizer_dirs):
@@ -178,12 +95,13 @@ def test_samples_per_segment_summaries_and_branches(tmp_path):
 
 def test_project_masks_actions_the_policy_masks_and_upsamples(tmp_path, tokenizer_dirs):
     store = EventStore(tmp_path / "a.db")
-    _run(store, steps=3, error_at=1, summary_after=1)
-    report = project(store, tmp_path / "out", tokenizer_path=tokenizer_dirs["glm45"], ruleset=RuleSet.default())
+    _run(store, steps=4, error_at=1, summary_after=2)
+    report = project(store, tmp_path / "out", tokenizer_path=tokenizer_dirs["glm45"], ruleset=RuleSet.default(),
+                     formats=["native", "hf", "hf-jsonl", "slime"])
     m = report.manifest
     assert m.samples_by_type == {"react": 2, "summary": 1}
     assert m.upsampled_by_type == {"react": 14, "summary": 10}
-    assert m.extra["masked_actions"] == 1 and m.extra["kept_actions"] == 2
+    assert m.extra["masked_actions"] == 1 and m.extra["kept_actions"] == 3
     data = NativeDataset(tmp_path / "out" / "native")
     assert data.verify() and len(data) == 3
     tokenizer = load_tokenizer(tokenizer_dirs["glm45"])
@@ -200,7 +118,7 @@ def test_project_masks_actions_the_policy_masks_and_upsamples(tmp_path, tokenize
     assert row["tools"][0]["function"]["name"] == "run_command" and row["metadata"]["tools"] == row["tools"]
     # slime trains an assistant message unless `message.get("step_loss_mask", 1) != 1` (slime/utils/mask_utils.py)
     assert all("step_loss_mask" in m for m in row["messages"])
-    assert [m.get("step_loss_mask", 1) == 1 for m in row["messages"] if m["role"] == "assistant"] == [True, False]
+    assert [m.get("step_loss_mask", 1) == 1 for m in row["messages"] if m["role"] == "assistant"] == [True, False, True]
     assert all(m["step_loss_mask"] == 0 for m in row["messages"] if m["role"] != "assistant")
 
 
@@ -272,7 +190,7 @@ def test_project_and_inspect_cli(tmp_path, tokenizer_dirs):
     made = runner.invoke(cli, ["project", "--db", db, "--tokenizer", str(tokenizer_dirs["chatml"]), "--out", str(tmp_path / "ds"), "--format", "native,hf"])
     assert made.exit_code == 0, made.output
     assert "1 samples (1 react)" in made.output
-    assert not (tmp_path / "ds" / "slime.jsonl").exists() and (tmp_path / "ds" / "hf.jsonl").exists()
+    assert not (tmp_path / "ds" / "slime.jsonl").exists() and (tmp_path / "ds" / "hf.parquet").exists()
     shown = runner.invoke(cli, ["dataset", "inspect", str(tmp_path / "ds"), "--json"])
     data = json.loads(shown.output)
     assert data["manifest"]["samples"] == 1 and any(t["trained"] for t in data["tokens"])
@@ -287,3 +205,73 @@ def test_project_and_inspect_cli(tmp_path, tokenizer_dirs):
         result = runner.invoke(cli, args)
         assert result.exit_code == 1 and result.output.startswith("Error:") and message in result.output, (args, result.output)
     assert not (tmp_path / "x").exists()
+
+
+def _guided_run(store: EventStore, stream: str, *, reasoning: bool = True, text: bool = True, output: str = "ok") -> None:
+    """Three steps with reasoning, a person's guidance after the second, as the agent records them."""
+    tools = [ToolSpec(name="run_command", input_schema={"type": "object", "properties": {"command": {"type": "string"}}})]
+    events = [RunStarted(task_id="t", task="Train it.", system_prompt="Be careful.", tools=tools, model="m", provider="openai")]
+    for step in range(3):
+        if step == 2:
+            events.append(HumanIntervened(annotator="ana", kind="guidance", message="Use a smaller learning rate."))
+        call = ToolCall(id=f"{stream}-c{step}", name="run_command", arguments={"command": f"python train.py --step {step}"})
+        events.append(AgentActed(model="m", text=f"Running step {step}." if text else "", reasoning=f"THOUGHT-{step}" if reasoning else "",
+                                 tool_calls=[call]))
+        events.append(ToolObserved(tool_call_id=call.id, tool_name="run_command", output=output, exit_code=0))
+    store.append(stream, events)
+
+
+def test_history_rewriting_templates_give_one_sequence_per_unchanged_prefix(tmp_path, tokenizer_dirs):
+    """GLM-4.5 drops reasoning before the last user message: the turns before the guidance are
+    trained in their own sequence, with their reasoning, and slime gets the same split."""
+    store = EventStore(tmp_path / "a.db")
+    _guided_run(store, "run-g", output="cat tokenizer_config.json: <|assistant|> <|user|> <|im_end|>")
+    report = project(store, tmp_path / "out", tokenizer_path=tokenizer_dirs["glm45"], ruleset=RuleSet.default())
+    data = NativeDataset(tmp_path / "out" / "native")
+    assert [data[i][0].sample_id for i in range(len(data))] == ["run-g#react-0.1", "run-g#react-0.2"]
+    tokenizer = load_tokenizer(tokenizer_dirs["glm45"])
+    trained = [tokenizer.decode(ids[mask == 1].tolist(), skip_special_tokens=False) for _, ids, mask in (data[0], data[1])]
+    assert "<think>THOUGHT-0</think>" in trained[0] and "<think>THOUGHT-1</think>" in trained[0]
+    assert "<think>THOUGHT-2</think>" in trained[1] and "THOUGHT-0" not in trained[1]
+    assert report.manifest.extra["tokenizer"]["hash"] == report.manifest.tokenizer_hash
+    slime = [json.loads(line) for line in (tmp_path / "out" / "slime.jsonl").read_text().splitlines()]
+    assert len(slime) == 14
+    first, second = slime[0], slime[7]
+    assert first["messages"][-1]["role"] == "assistant" and first["messages"][-1]["content"] == "Running step 1."
+    assert [m["step_loss_mask"] for m in first["messages"] if m["role"] == "assistant"] == [1, 1]
+    assert [m["step_loss_mask"] for m in second["messages"] if m["role"] == "assistant"] == [0, 0, 1]
+
+
+def test_hf_parquet_and_jsonl_load_with_datasets(tmp_path, tokenizer_dirs):
+    from datasets import load_dataset
+
+    store = EventStore(tmp_path / "a.db")
+    _run(store, steps=4, summary_after=2)
+    project(store, tmp_path / "out", tokenizer_path=tokenizer_dirs["chatml"], ruleset=RuleSet.default(),
+            formats=["native", "hf", "hf-jsonl"])
+    parquet = load_dataset("parquet", data_files=str(tmp_path / "out" / "hf.parquet"), split="train",
+                           cache_dir=str(tmp_path / "hf-cache"))
+    jsonl = load_dataset("json", data_files=str(tmp_path / "out" / "hf.jsonl"), split="train", cache_dir=str(tmp_path / "hf-cache"))
+    data = NativeDataset(tmp_path / "out" / "native")
+    expected = [(meta.sample_id, ids.tolist(), np.where(mask == 1, ids, -100).tolist())
+                for meta, ids, mask in (data[i] for i in range(len(data))) for _ in range(meta.repeat)]
+    assert len(parquet) == len(jsonl) == len(expected) == 2 * 7 + 10
+    for rows in (parquet, jsonl):
+        assert [(r["id"], r["input_ids"], r["labels"]) for r in rows] == expected
+        assert set(rows["type"]) == {"react", "summary"}
+
+
+def test_a_run_that_cannot_be_rendered_is_skipped_named_and_the_rest_written(tmp_path):
+    """Llama 3.1's template has no place for reasoning: that run is skipped, the other one written."""
+    tokenizer = build_tiny_tokenizer(tmp_path / "llama3", "llama3")
+    store = EventStore(tmp_path / "a.db")
+    _guided_run(store, "run-plain", reasoning=False, text=False)  # Llama 3.1 writes a tool-call turn as the call alone
+    _guided_run(store, "run-thinking", reasoning=True, text=False)
+    report = project(store, tmp_path / "out", tokenizer_path=tokenizer, ruleset=RuleSet.default())
+    assert [(s.stream_id, s.version) for s in report.skipped] == [("run-thinking", 2)]
+    assert "reasoning" in report.skipped[0].reason
+    assert report.manifest.samples == 1 and json.loads((tmp_path / "out" / "projection.json").read_text())["runs"] == ["run-plain"]
+    result = CliRunner().invoke(cli, ["project", "--db", str(tmp_path / "a.db"), "--tokenizer", str(tokenizer), "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 1
+    assert "Error: skipped run run-thinking (v2, run-thinking#react-0)" in result.output
+    assert (tmp_path / "cli" / "native" / "manifest.json").exists()

@@ -11,17 +11,19 @@ from rich.text import Text
 from apollo_es.cli._common import cell, console, json_option, print_json, stderr_is_tty, table, with_store
 from apollo_es.store import EventStore
 from projections.chat_template import RenderError, load_tokenizer
-from projections.dataset import FORMATS, project
+from projections.dataset import DEFAULT_FORMATS, FORMATS, project
 from projections.native_format import NativeDataset
 from projections.rules import RuleSet
 
 
 @click.command("project")
 @click.argument("runs", nargs=-1)
-@click.option("--tokenizer", "tokenizer_path", required=True, type=click.Path(file_okay=False), help="Local tokenizer directory with a chat template.")
+@click.option("--tokenizer", "tokenizer_path", required=True,
+              help="Tokenizer with a chat template: a local directory or a Hugging Face hub id (from the cache when HF_HUB_OFFLINE=1).")
 @click.option("--rules", "rules_path", type=click.Path(dir_okay=False, exists=True), help="Rule set TOML (default: the built-in rules).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--format", "formats", default="native,hf,slime", show_default=True, help=f"Comma-separated: {', '.join(FORMATS)}.")
+@click.option("--format", "formats", default=",".join(DEFAULT_FORMATS), show_default=True,
+              help=f"Comma-separated: {', '.join(FORMATS)} (hf is Parquet).")
 @click.option("--rebuild", is_flag=True, help="Render every run again, ignoring the checkpoint and the cache.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=131_072, show_default=True, help="Longest sample.")
 @click.option("--length-policy", type=click.Choice(["drop", "truncate"]), default="drop", show_default=True, help="What to do with longer samples.")
@@ -34,7 +36,8 @@ def project_command(store: EventStore, runs, tokenizer_path, rules_path, out_dir
     """Project runs (default: all) into loss-masked training datasets.
 
     Only runs with new events are rendered again; a changed rule set or tokenizer renders
-    everything. The output is replaced whole, never left half-written.
+    everything. The output is replaced whole, never left half-written. A run that cannot
+    be rendered is skipped and named, the rest is written, and the exit status is 1.
 
     Example:
 
@@ -51,7 +54,15 @@ def project_command(store: EventStore, runs, tokenizer_path, rules_path, out_dir
         )
     if as_json:
         print_json(report)
-        return
+    else:
+        _print_report(report)
+    if report.skipped:
+        for skip in report.skipped:
+            click.echo(f"Error: skipped run {skip.stream_id} (v{skip.version}, {skip.sample_id}): {skip.reason}", err=True)
+        raise SystemExit(1)
+
+
+def _print_report(report) -> None:
     m = report.manifest
     click.echo(f"{report.out_dir}: {m.samples} samples ({_counts(m.samples_by_type)}), "
                f"{m.total_tokens:,} tokens, {m.trained_tokens:,} trained")
