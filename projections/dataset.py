@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +44,7 @@ import numpy as np
 from apollo_es.errors import ApolloError
 from apollo_es.store import EventStore
 from projections.chat_template import RenderError, Rendered, load_tokenizer, render_masked, render_masked_many, tokenizer_info
-from projections.native_format import Manifest, SampleMeta, write_native
+from projections.native_format import Manifest, SampleMeta, staging_directory, write_native
 from projections.policy import annotations_for, decide
 from projections.rules import RuleSet
 from projections.samples import SampleSpec, stream_samples
@@ -149,7 +148,7 @@ def project(
     head = store.last_position()
     dirty = _annotated_elsewhere(store, since) if since is not None else set()
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging = staging_directory(out_dir)
     try:
         (staging / ".cache").mkdir()
         rendered = cached = 0

@@ -27,7 +27,7 @@ from typing import Literal
 import msgspec
 import numpy as np
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Manifest", "NativeDataset", "SampleMeta", "write_native"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "Manifest", "NativeDataset", "SampleMeta", "staging_directory", "write_native"]
 
 FORMAT = "apollo-es-native"
 FORMAT_VERSION = 1
@@ -75,6 +75,30 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
 Sample = tuple[SampleMeta, np.ndarray, np.ndarray]
 
 
+def staging_directory(out_dir: Path) -> Path:
+    """A new directory beside `out_dir` to build it in, with the mode `mkdir` would give it.
+
+    `mkdtemp` makes it 0700, and the rename keeps that: a dataset only its creator can read.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging.chmod(0o777 & ~_umask())
+    return staging
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (setting it races with other threads)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_native(
     out_dir: str | Path,
     samples: Iterable[Sample],
@@ -91,7 +115,7 @@ def write_native(
     """Write samples (meta, ids, mask) as a native dataset, replacing `out_dir` atomically."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging = staging_directory(out_dir)
     try:
         manifest = _write(staging, samples, tokenizer_hash, rule_fingerprint, max_tokens, length_policy,
                           shard_tokens, dropped_over_length, truncated_over_length, extra or {})

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import string
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from apollo_es import EventStore, NewEvent
 from apollo_es.cli import cli
 from events import (
-    ActionJudged,
     AgentActed,
     ContextSummarized,
     HumanIntervened,
@@ -275,3 +273,16 @@ def test_a_run_that_cannot_be_rendered_is_skipped_named_and_the_rest_written(tmp
     assert result.exit_code == 1
     assert "Error: skipped run run-thinking (v2, run-thinking#react-0)" in result.output
     assert (tmp_path / "cli" / "native" / "manifest.json").exists()
+
+
+def test_datasets_get_the_users_umask(tmp_path, tokenizer_dirs):
+    store = EventStore(tmp_path / "a.db")
+    _run(store, steps=2)
+    old = os.umask(0o022)
+    try:
+        project(store, tmp_path / "out", tokenizer_path=tokenizer_dirs["chatml"], ruleset=RuleSet.default())
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "out" / "native").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "out" / "native" / "manifest.json").stat().st_mode) == 0o644

@@ -44,6 +44,8 @@ def demo(out: str | None, as_json: bool) -> None:
     click.echo(f"masked actions by rule: {masked}")
     samples = ", ".join(f"{kind} {n}" for kind, n in report.samples_by_type.items())
     click.echo(f"samples by type: {samples}; trained tokens {report.trained_tokens:,}")
+    for skipped in report.skipped_runs:
+        click.echo(f"not projected: {skipped}")
     click.echo("loss curve: " + " ".join(f"{loss:.3f}" for loss in report.losses))
     for name, path in report.paths.items():
         click.echo(f"{name:>13}: {path}")

@@ -53,6 +53,8 @@ class DemoReport(msgspec.Struct):
     events: int
     masked_by_rule: dict[str, int]
     samples_by_type: dict[str, int]
+    skipped_runs: list[str]
+    """Runs the projection could not render, with why."""
     trained_tokens: int
     losses: list[float]
     score: float | None
@@ -106,6 +108,7 @@ def run_demo(out_dir: Path, say: Callable[[str], None] = print) -> DemoReport:
     return DemoReport(
         out_dir=str(out_dir), runs=stats["runs"], branches=stats["branches"], events=stats["events"],
         masked_by_rule=dict(masked.most_common()), samples_by_type=projection.manifest.samples_by_type,
+        skipped_runs=[f"{skip.stream_id} (v{skip.version}): {skip.reason}" for skip in projection.skipped],
         trained_tokens=projection.manifest.trained_tokens, losses=losses, score=score, branch_score=branch_score,
         paths={"store": str(db), "workspace": str(out_dir / "workspace"), "dataset": str(out_dir / "dataset"),
                "training run": str(out_dir / "train")},
