@@ -21,7 +21,7 @@ from apollo_es.tools import Workspace
 from events import AgentActed, ContextSummarized, HumanIntervened, RunStarted, ToolCall, ToolObserved, Usage
 from projections import context as context_module
 from projections.context import HUMAN_TAG
-from replay import branch, continue_branch, rerun, state_at, verify_run
+from replay import branch, continue_branch, fork_point, rerun, state_at, verify_run
 from tests.scripted import ScriptedAnthropic, texts, tool_use
 
 # -- random runs, for the properties --------------------------------------------------------
@@ -319,3 +319,21 @@ def test_imported_runs_are_not_re_executed_unless_asked(tmp_path):
     result = CliRunner().invoke(cli, ["replay", "imp", "--rerun", "--workspace", str(ws), "--allow-imported-commands", "--db", str(db)])
     assert (ws / "ran-here").exists()  # executed, in the sandbox: its pwd is /workspace
     assert result.exit_code == 1 and "diverges at v3" in result.output and "+<workspace>" in result.output
+
+
+def test_a_branch_at_an_action_forks_after_its_results(tmp_path):
+    """Cut between an action and its observation, a continued branch would report the result
+    lost (and train on that invented observation): the fork moves past the results."""
+    store, _ = _record(tmp_path)
+    kinds = {r.version: r.kind for r in store.read("run-1")}
+    assert (kinds[4], kinds[5]) == ("AgentActed", "ToolObserved")
+    assert [fork_point(store, "run-1", v) for v in (1, 3, 4, 5)] == [1, 3, 5, 5]
+    runner = CliRunner()
+    db = str(tmp_path / "a.db")
+    made = runner.invoke(cli, ["replay", "run-1", "--at", "4", "--branch", "--json", "--db", db])
+    assert made.exit_code == 0, made.output
+    assert json.loads(made.output)["fork_version"] == 5
+    raw = runner.invoke(cli, ["branch", "run-1", "--at", "4", "--db", db])
+    assert raw.exit_code == 0 and "branching after v5" in raw.output
+    child = raw.output.strip().splitlines()[-1]
+    assert state_at(store, child).context.pending_calls == ()

@@ -115,3 +115,13 @@ def parse_since(value: str | None) -> str | None:
 
 def stderr_is_tty() -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def settled_fork(store: EventStore, run_id: str, version: int, as_json: bool) -> int:
+    """`replay.fork_point`, saying so on stderr when it moves a fork past an action's results."""
+    from replay import fork_point
+
+    fork = fork_point(store, run_id, version)
+    if fork != version and not as_json:
+        click.echo(f"v{version} is inside an action and its results: branching after v{fork}", err=True)
+    return fork

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from apollo_es.cli._common import cell, console, json_option, print_json, table, with_store
+from apollo_es.cli._common import cell, console, json_option, print_json, settled_fork, table, with_store
 from apollo_es.cli.run_commands import drive, make_model_client, model_options, settings_options
 from apollo_es.store import EventStore
 from apollo_es.tasks import load_task, prepare_workspace, reconfiguration
@@ -78,14 +78,15 @@ def replay(store: EventStore, run_id, at_version, show, make_branch, inject, rea
     if make_branch:
         client = make_model_client(provider or state.context.run.provider or "anthropic", model, base_url, recording) if continue_live else None
         new_settings = reconfiguration(state.context.run, **settings, reason="continued branch") if changed else None  # checked first
-        new_id = branch_run(store, run_id, state.version, inject=inject, reason=reason, annotator=annotator, new_stream_id=new_stream_id)
+        fork = settled_fork(store, run_id, state.version, as_json)
+        new_id = branch_run(store, run_id, fork, inject=inject, reason=reason, annotator=annotator, new_stream_id=new_stream_id)
         if not continue_live:
             if as_json:
-                print_json({"stream_id": new_id, "parent_id": run_id, "fork_version": state.version, "head": store.head(new_id)})
+                print_json({"stream_id": new_id, "parent_id": run_id, "fork_version": fork, "head": store.head(new_id)})
             else:
                 click.echo(new_id)
             return
-        root = branch_workspace(store, run_id, state.version, workspace_dir or Path(store.path).resolve().parent / "workspaces" / new_id,
+        root = branch_workspace(store, run_id, fork, workspace_dir or Path(store.path).resolve().parent / "workspaces" / new_id,
                                 load_task(task_file) if task_file else None, allow_imported_commands=allow_imported_commands)
         if new_settings is not None:
             store.append(new_id, [new_settings], actor="system")

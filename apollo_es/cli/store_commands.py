@@ -19,6 +19,7 @@ from apollo_es.cli._common import (
     open_store,
     parse_since,
     print_json,
+    settled_fork,
     stderr_is_tty,
     table,
     with_store,
@@ -154,13 +155,18 @@ def show(store: EventStore, run: str, version: int, as_json: bool) -> None:
 def branch(store: EventStore, run: str, at_version: int, new_stream_id: str | None, reason: str, actor: str, as_json: bool) -> None:
     """Branch RUN after version --at, without copying any event.
 
+    A version inside an action and its results moves to after the results, so the branch
+    never has to report them lost.
+
     Example:
 
         apollo-es branch run-1 --at 40 --reason "retry with a smaller learning rate" --actor human:ana
     """
-    new_id = store.branch(run, at_version, new_stream_id=new_stream_id, reason=reason, actor=actor)
+    store.head(run)  # an unknown run fails before anything else
+    fork = settled_fork(store, run, at_version, as_json)
+    new_id = store.branch(run, fork, new_stream_id=new_stream_id, reason=reason, actor=actor)
     if as_json:
-        print_json({"stream_id": new_id, "parent_id": run, "fork_version": at_version, "head": store.head(new_id)})
+        print_json({"stream_id": new_id, "parent_id": run, "fork_version": fork, "head": store.head(new_id)})
     else:
         click.echo(new_id)
 

@@ -40,7 +40,7 @@ from apollo_es.tasks import Task
 from apollo_es.tools import Workspace
 from projections.policy import annotations_for, decide
 from projections.rules import RuleSet
-from replay import branch, branch_workspace, continue_branch
+from replay import branch, branch_workspace, continue_branch, fork_point
 from replay.rerun import refuse_imported
 
 __all__ = ["ConsoleSettings", "create_app"]
@@ -302,15 +302,17 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
         if item.live and settings.task is not None:  # before the branch is written
             first = await anyio.to_thread.run_sync(store.read, item.run, 1)
             refuse_imported(item.run, first[0] if first else None, settings.allow_imported_commands)
+        at = await anyio.to_thread.run_sync(fork_point, store, item.run, item.at)
         new_id = await anyio.to_thread.run_sync(
-            lambda: branch(store, item.run, item.at, inject=item.message, reason=item.reason,
+            lambda: branch(store, item.run, at, inject=item.message, reason=item.reason,
                            annotator=item.annotator, new_stream_id=item.name or None)
         )
-        log.info("branch %s of %s at v%d by %s", new_id, item.run, item.at, item.annotator)
+        log.info("branch %s of %s at v%d by %s", new_id, item.run, at, item.annotator)
         if item.live:
             continuations[new_id] = "starting"
-            task_group[0].start_soon(continue_live, item.run, item.at, new_id)
-        return _json({"stream_id": new_id, "parent_id": item.run, "fork_version": item.at, "live": item.live}, status=201)
+            task_group[0].start_soon(continue_live, item.run, at, new_id)
+        return _json({"stream_id": new_id, "parent_id": item.run, "fork_version": at, "requested_version": item.at,
+                      "live": item.live}, status=201)
 
     async def continue_live(parent: str, at: int, branch_id: str) -> None:
         """Run the agent on a new branch in the server's task group; errors are logged and shown."""
