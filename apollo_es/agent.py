@@ -185,14 +185,14 @@ class Agent:
         """Run the action's tool calls in order and record each observation."""
         action: AgentActed = acted.event
         if not action.tool_calls:
-            self._observe(acted.event_id, ToolObserved(tool_call_id="", output=NO_TOOL_FEEDBACK, is_error=True))
+            self._observe(acted.event_id, ToolObserved(tool_call_id="", output=NO_TOOL_FEEDBACK, is_error=True, origin="harness"))
             return None
         for index, call in enumerate(action.tool_calls):
             observation = await self._execute(call)
             self._observe(acted.event_id, _observed(call, observation))
             if observation.finished:
                 for skipped in action.tool_calls[index + 1 :]:
-                    self._observe(acted.event_id, _observed(skipped, Observation(output=NOT_RUN_AFTER_FINISH, is_error=True)))
+                    self._observe(acted.event_id, _observed(skipped, Observation(output=NOT_RUN_AFTER_FINISH, is_error=True, origin="notice")))
                 return await self._complete(str(call.arguments.get("answer", "")))
         return None
 
@@ -206,6 +206,7 @@ class Agent:
             return Observation(
                 output=f"The arguments of {call.name} are not a JSON object: {call.raw_arguments[:500]!r}",
                 is_error=True,
+                origin="harness",
             )
         observation, _ = await self._unless_stopped(
             lambda: anyio.to_thread.run_sync(self.workspace.execute, call.name, call.arguments),
@@ -252,7 +253,7 @@ class Agent:
         finished = _submitted_answer(recorded) is not None  # as in _act: nothing runs after a finish
         for call in context.pending_calls:
             if finished:
-                observation = Observation(output=NOT_RUN_AFTER_FINISH, is_error=True)
+                observation = Observation(output=NOT_RUN_AFTER_FINISH, is_error=True, origin="notice")
             elif call.name in SAFE_TO_REPEAT:
                 observation = await self._execute(call)
             else:
@@ -262,6 +263,7 @@ class Agent:
                         "It may or may not have taken effect; check the workspace before repeating it."
                     ),
                     is_error=True,
+                    origin="notice",
                 )
             finished = finished or observation.finished
             self._observe(context.pending_action_id, _observed(call, observation))
@@ -400,6 +402,7 @@ def _observed(call: ToolCall, observation: Observation) -> ToolObserved:
         duration_ms=observation.duration_ms,
         truncated=observation.truncated,
         original_chars=observation.original_chars,
+        origin=observation.origin,
     )
 
 

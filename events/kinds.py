@@ -162,6 +162,10 @@ class AgentActed(_Event):
     """Answers to earlier requests dropped because a person wrote while the model thought."""
 
 
+ObservationOrigin = Literal["tool", "harness", "timeout", "notice"]
+"""Who decided an observation's outcome (`ToolObserved.origin`)."""
+
+
 class ToolObserved(_Event):
     tool_call_id: str
     output: str
@@ -171,6 +175,15 @@ class ToolObserved(_Event):
     duration_ms: float = 0.0
     truncated: bool = False
     original_chars: int | None = None
+    origin: ObservationOrigin = "tool"
+    """Who decided the outcome, so rules read it here instead of recognizing apollo-es's own
+    messages (which a tool's output may quote): "tool", the tool itself (its output and exit
+    code; also every observation recorded before this field, and imported ones); "harness",
+    apollo-es refused or could not carry out the call (bad arguments, an unknown tool or
+    session, a path outside the workspace, a missing file) or a person's stop killed it;
+    "timeout", apollo-es killed the command at its time limit (the output is what it printed
+    until then); "notice", apollo-es did not run the call or lost its result (finish came first
+    in the turn, the agent process died while it ran): it says nothing about the action."""
 
 
 class HumanIntervened(_Event):

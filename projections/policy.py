@@ -9,7 +9,9 @@ Precedence, from strongest:
    `human_rejected` rule), even when the policy ignores rule hits (`rules = "ignore"`) or a
    judge said keep; an approve keeps it, and the rule hits and verdicts that would have
    masked it are listed as overruled.
-2. Rule hits of enabled rules mask the action (unless `rules = "ignore"`).
+2. Rule hits of enabled rules mask the action (unless `rules = "ignore"`). With
+   `judge_overrules_rules`, a counted judge's keep (a score at least `min_score`) overrules
+   them the way an approve does, listing them as overruled; a person's reject stays.
 3. Verdicts of the judges the policy counts (`judge_ids`): `mask`, or a score below
    `min_score`, masks; a judge error does what `judge_error` says.
 4. No counted verdict at all: `unjudged` says.
@@ -121,13 +123,15 @@ def decide(
             else:
                 reasons.append(Reason(source="rule", name=hit.rule, detail=hit.reason, masks=policy.rules == "mask"))
         judged = verdicts.get(action.event_id, [])
-        for recorded in judged:
-            reasons.append(_judge_reason(recorded.event, ruleset))
+        keeper = next((r.event for r in judged if _keeps(r.event, ruleset)), None) if policy.judge_overrules_rules else None
+        if keeper is not None:
+            reasons = [_overruled(r, f"kept by judge {keeper.judge_id}") if r.source == "rule" and r.masks else r for r in reasons]
+        reasons.extend(_judge_reason(recorded.event, ruleset) for recorded in judged)
         if not judged and policy.unjudged == "mask":
             reasons.append(Reason(source="policy", name="unjudged", detail="no verdict from a counted judge", masks=True))
         word = last_word.get(action.event_id)
         if word is not None and word.kind == "approve":
-            reasons = [_approval(word), *(_overruled(r, word) if r.masks else r for r in reasons)]
+            reasons = [_approval(word), *(_overruled(r, f"approved by {word.annotator}") if r.masks else r for r in reasons)]
         decisions[action.event_id] = Decision(
             keep=not any(r.masks for r in reasons),
             reasons=tuple(reasons),
@@ -142,8 +146,15 @@ def _approval(word: HumanIntervened) -> Reason:
     return Reason(source="human", name="approved", detail=f"approved by {word.annotator}{message}", masks=False)
 
 
-def _overruled(reason: Reason, word: HumanIntervened) -> Reason:
-    return msgspec.structs.replace(reason, masks=False, detail=f"{reason.detail} [overruled: approved by {word.annotator}]")
+def _overruled(reason: Reason, by: str) -> Reason:
+    return msgspec.structs.replace(reason, masks=False, detail=f"{reason.detail} [overruled: {by}]")
+
+
+def _keeps(verdict: ActionJudged, ruleset: RuleSet) -> bool:
+    """Whether a counted verdict is a keep the policy acts on: verdicts count, and the score passes."""
+    policy = ruleset.policy
+    passes = verdict.score is None or verdict.score >= policy.min_score
+    return policy.mask_on_judge == "mask" and verdict.verdict == "keep" and passes
 
 
 def _judge_reason(verdict: ActionJudged, ruleset: RuleSet) -> Reason:

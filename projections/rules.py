@@ -10,12 +10,15 @@ Rules (name: what it flags; parameters with their defaults in `examples/rules.to
   repeated call id, and (with `check_schema`) arguments that break the tool's input schema.
 - `unknown_tool`: a call to a tool the run did not offer (`RunStarted.tools`).
 - `empty_response`: no text and no tool call (reasoning alone does not count by default).
-- `error_observation`: the action whose observation is an error: the error flag, a
-  non-zero exit code, or an error marker in the output (a Python traceback...).
+- `error_observation`: the action an error observation speaks about: an exit code that is a
+  failure for that command (`grep` exiting 1 is not), a call apollo-es refused
+  (`ToolObserved.origin`), or an error's shape in a process's output (a Python traceback).
+  A session's output speaks about the action that started the session or last fed it, not
+  the one that read it (`projections.evidence`).
 - `repeated_action`: a loop: `n` or more consecutive actions with identical tool calls.
 - `after_stop`: actions recorded after a human `stop` (until a branch starts a new attempt).
 - `human_rejected`: an action a person rejected (`HumanIntervened` of kind `reject`).
-- `timeout`: the action whose command timed out.
+- `timeout`: the action whose command timed out (`origin`, or another harness's message).
 - `truncated_response`: a response cut off at the output limit (`stop_reason`).
 
 A `RuleSet` is a TOML file that turns rules on or off, sets their parameters and the
@@ -38,7 +41,8 @@ import msgspec
 
 from apollo_es.errors import ApolloError
 from apollo_es.store import RecordedEvent
-from events import AgentActed, BranchCreated, HumanIntervened, RunStarted, ToolCall, ToolObserved, ToolSpec
+from events import AgentActed, BranchCreated, HumanIntervened, RunStarted, ToolCall, ToolSpec
+from projections.evidence import Evidence, evidence, last_command, observations_by_action
 
 __all__ = [
     "RULES",
@@ -52,7 +56,7 @@ __all__ = [
     "observations_by_action",
 ]
 
-RULES_VERSION = "1"
+RULES_VERSION = "2"
 """Bump when a rule's behaviour changes for the same parameters: it changes every fingerprint."""
 
 
@@ -95,33 +99,48 @@ class EmptyResponseParams(_Params):
     """Whether reasoning alone (no text, no tool call) counts as a response."""
 
 
+_TRACEBACK = (
+    r'^Traceback \(most recent call last\):\n[ \t]+File "[^\n]*\n(?:[ \t][^\n]*\n|\n)*'
+    r"(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?::[^\n]*)?$"
+)
+"""A Python traceback: the header, its frames (indented), and the exception line at the margin."""
+
+_SYNTAX_ERROR = (
+    r'^[ \t]+File "[^\n]*\n(?:[ \t][^\n]*\n)*'
+    r"(?:[A-Za-z_]\w*\.)*(?:SyntaxError|IndentationError|TabError): [^\n]*$"
+)
+"""Python's report of a script that does not compile: a frame, the line and caret, the error (no header)."""
+
+_OK_EXIT_CODES = {
+    **dict.fromkeys(("grep", "egrep", "fgrep", "zgrep", "rg", "ag"), frozenset({1})),  # no match
+    **dict.fromkeys(("diff", "cmp"), frozenset({1})),  # the inputs differ
+    **dict.fromkeys(("test", "[", "[["), frozenset({1})),  # the condition is false
+    **dict.fromkeys(("which", "pgrep", "pidof"), frozenset({1})),  # nothing found
+}
+
+
 class ErrorObservationParams(_Params):
     error_flag: bool = True
-    """Flag observations marked `is_error`."""
+    """Flag observations marked `is_error` that carry no exit code: a tool's failure, or a call
+    apollo-es refused or could not carry out (`origin = "harness"`). A command's flag only
+    repeats its exit code, so the exit code decides for commands."""
     nonzero_exit: bool = True
-    """Flag observations with an exit code other than 0."""
-    patterns: frozenset[str] = frozenset(
-        {
-            r"^Traceback \(most recent call last\):",
-            r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception): ",
-            r": command not found$",
-            r"^Segmentation fault",
-            r"^fatal: ",
-            r"\b(?:SyntaxError|IndentationError|TabError)\b",  # anywhere: linters quote them mid-line
-            r"^Your proposed edit has introduced new syntax error",  # SWE-agent's edit linter
-        }
-    )
-    """Regular expressions (multi-line mode: ^ and $ match at each line) that mark an error in the output."""
+    """Flag commands whose exit code is a failure: not 0, and not listed for the command in `ok_exit_codes`."""
+    ok_exit_codes: dict[str, frozenset[int]] = msgspec.field(default_factory=lambda: dict(_OK_EXIT_CODES))
+    """Exit codes besides 0 that are answers, not failures, by command name (`grep`: 1, no
+    match). The name is that of the last simple command of the shell line, whose status the
+    line returns (`cd x && grep y f` is judged as `grep`); for a session, of its command."""
+    patterns: frozenset[str] = frozenset({_TRACEBACK, _SYNTAX_ERROR, r"^Your proposed edit has introduced new syntax error"})
+    """Regular expressions (multi-line mode: ^ and $ match at each line) that mark an error in
+    what a process printed. Stdout and stderr are recorded interleaved, so the defaults match
+    only the shape of an error (a whole traceback, SWE-agent's edit linter), never a word a
+    file may contain; file tools' output (`read_file`, `search`, `list_files`) is never matched."""
     ignore_tools: frozenset[str] = frozenset()
     """Tools whose observations are never taken as errors (a test runner whose failures are expected)."""
-    ignore_patterns: frozenset[str] = frozenset(
-        {
-            r"^The result of this \w+ call was lost: the agent process stopped",
-            r"^Not run: finish\(\) in the same turn ended the task",
-        }
-    )
-    """Observations matching these are never taken as errors: the harness wrote them, not the
-    tool (a result lost when the agent process died, calls skipped after `finish`)."""
+    ignore_patterns: frozenset[str] = frozenset()
+    """Observations matching these are never taken as errors (another harness's own notices in
+    imported runs). apollo-es marks its own in `origin`; runs recorded before it did can list
+    `^The result of this \\w+ call was lost` and `^Not run: finish\\(\\) in the same turn`."""
 
 
 class RepeatedActionParams(_Params):
@@ -142,13 +161,13 @@ class HumanRejectedParams(_Params):
 class TimeoutParams(_Params):
     patterns: frozenset[str] = frozenset(
         {
-            r"^\[command timed out after ",
-            r"(?i)\bcommand timed out\b",
-            r"was cancelled because it took more than \d+ seconds",
-            r"\bTimeoutExpired\b",
+            r"(?i)^\[the command timed out after ",  # OpenHands
+            r"was cancelled because it took more than \d+ seconds",  # SWE-agent
+            r"^(?:[A-Za-z_]\w*\.)*TimeoutExpired\b",  # Python's subprocess, as an exception line
         }
     )
-    """Regular expressions (multi-line mode) that mark a timeout in the observation."""
+    """Regular expressions (multi-line mode) that mark a timeout in what a process printed
+    (apollo-es's own timeouts are marked `origin = "timeout"`, and need none)."""
     exit_codes: frozenset[int] = frozenset()
     """Exit codes that mean a timeout (124 is what coreutils `timeout` returns)."""
 
@@ -183,37 +202,6 @@ def _run_started(events: Sequence[RecordedEvent]) -> RunStarted | None:
     return None
 
 
-def observations_by_action(events: Sequence[RecordedEvent]) -> dict[str, list[RecordedEvent]]:
-    """Each action's observations: by `causation_id`, else by tool call id, else the latest action.
-
-    The agent records `causation_id`; importers may only have tool call ids; feedback with
-    neither (an environment message after a turn without a tool call) belongs to the action
-    before it.
-    """
-    actions: dict[str, RecordedEvent] = {}
-    call_owner: dict[str, str] = {}
-    last_action: str | None = None
-    out: dict[str, list[RecordedEvent]] = {}
-    for recorded in events:
-        event = recorded.event
-        if isinstance(event, AgentActed):
-            actions[recorded.event_id] = recorded
-            out[recorded.event_id] = []
-            for call in event.tool_calls:
-                call_owner[call.id] = recorded.event_id
-            last_action = recorded.event_id
-        elif isinstance(event, ToolObserved):
-            if recorded.causation_id in actions:
-                owner = recorded.causation_id
-            elif event.tool_call_id:
-                owner = call_owner.get(event.tool_call_id)
-            else:
-                owner = last_action
-            if owner is not None:
-                out[owner].append(recorded)
-    return out
-
-
 def _compile(patterns: Iterable[str]) -> list[re.Pattern[str]]:
     return [re.compile(p, re.MULTILINE) for p in sorted(patterns)]
 
@@ -232,13 +220,23 @@ def _last_match(patterns: list[re.Pattern[str]], text: str) -> re.Match[str] | N
 
 
 def _excerpt(text: str, match: re.Match[str] | None = None, width: int = 80) -> str:
+    """The first line of `text`, or the line where `match` ends (a traceback's exception line)."""
     if match is None:
         line = text.strip().splitlines()[0] if text.strip() else ""
     else:
-        start = text.rfind("\n", 0, match.start()) + 1
-        end = text.find("\n", match.end())
-        line = text[start : end if end >= 0 else len(text)]
-    line = line.strip()
+        end = max(match.start(), match.end() - 1)
+        start = text.rfind("\n", 0, end) + 1
+        stop = text.find("\n", end)
+        line = text[start : stop if stop >= 0 else len(text)]
+    return _clip(line.strip(), width)
+
+
+def _final_line(text: str, width: int = 80) -> str:
+    """The last line of `text`: where apollo-es puts its word on a call (after any output)."""
+    return _clip(text.strip().splitlines()[-1].strip() if text.strip() else "", width)
+
+
+def _clip(line: str, width: int) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
@@ -333,32 +331,51 @@ def empty_response(events: Sequence[RecordedEvent], params: EmptyResponseParams)
 
 
 def error_observation(events: Sequence[RecordedEvent], params: ErrorObservationParams) -> list[RuleHit]:
-    """The action whose observation is an error: flag, non-zero exit, or an error marker in the output."""
+    """The action an error observation speaks about: a failing exit code, a harness error, an error's shape.
+
+    Per observation, by `origin`: "harness" (apollo-es refused or ended the call) is an error
+    of the call; "timeout" is the `timeout` rule's case; "notice" says nothing about the
+    action. The tool's own outcome fails when its exit code is a failure for the command
+    (`ok_exit_codes`), when it has no exit code and is flagged `is_error`, or when a process
+    printed an error's shape (`patterns`). A session's output speaks about the action that
+    started the session or last sent it input (`projections.evidence`), not the one that read it.
+    """
     patterns = _compile(params.patterns)
     ignored = _compile(params.ignore_patterns)
-    actions = {a.event_id: a for a in _actions(events)}
-    hits = []
-    for action_id, observations in observations_by_action(events).items():
-        for observed in observations:
-            event: ToolObserved = observed.event
-            if event.tool_name and event.tool_name in params.ignore_tools:
-                continue
-            if any(pattern.search(event.output) for pattern in ignored):
-                continue
-            reason = ""
-            if params.error_flag and event.is_error:
-                reason = f"error observation: {_excerpt(event.output)}"
-            elif params.nonzero_exit and event.exit_code not in (None, 0):
-                reason = f"exit code {event.exit_code}: {_excerpt(event.output)}"
-            else:
-                match = _last_match(patterns, event.output)
-                if match:
-                    reason = f"error in output: {_excerpt(event.output, match)}"
-            if reason:
-                name = f"{event.tool_name}: " if event.tool_name else ""
-                hits.append(_hit("error_observation", actions[action_id], name + reason, observed))
-                break
-    return sorted(hits, key=lambda h: h.action_version)
+
+    def reason(item: Evidence) -> str:
+        event = item.event
+        if item.tool in params.ignore_tools or any(pattern.search(event.output) for pattern in ignored):
+            return ""
+        if event.origin == "harness":
+            return f"apollo-es refused or ended the call: {_final_line(event.output)}" if params.error_flag else ""
+        if event.origin != "tool":
+            return ""
+        match = _last_match(patterns, event.output) if item.process_output else None
+        if event.exit_code is not None:
+            if params.nonzero_exit and event.exit_code != 0 and event.exit_code not in params.ok_exit_codes.get(last_command(item.command), ()):
+                return f"exit code {event.exit_code}: {_excerpt(event.output, match)}"
+        elif params.error_flag and event.is_error:
+            return f"error observation: {_excerpt(event.output)}"
+        return f"error in output: {_excerpt(event.output, match)}" if match else ""
+
+    return _attributed("error_observation", events, reason)
+
+
+def _attributed(rule: str, events: Sequence[RecordedEvent], reason_for: Callable[[Evidence], str]) -> list[RuleHit]:
+    """One hit per action, on the action each observation's outcome speaks about, with the earliest evidence."""
+    hits: dict[str, RuleHit] = {}
+    for item in evidence(events):
+        if item.cause.event_id in hits:
+            continue
+        reason = reason_for(item)
+        if not reason:
+            continue
+        where = f"{item.tool}: " if item.tool else ""
+        if item.cause is not item.action:
+            where = f"session {item.session}, read by {item.tool} at v{item.observation.version}: "
+        hits[item.cause.event_id] = _hit(rule, item.cause, where + reason, item.observation)
+    return sorted(hits.values(), key=lambda h: h.action_version)
 
 
 def _call_key(call: ToolCall) -> tuple[str, str]:
@@ -425,24 +442,25 @@ def human_rejected(events: Sequence[RecordedEvent], params: HumanRejectedParams)
 
 
 def timeout(events: Sequence[RecordedEvent], params: TimeoutParams) -> list[RuleHit]:
-    """The action whose observation says the command timed out."""
+    """The action whose command timed out: apollo-es killed it (`origin = "timeout"`), or its output says so.
+
+    `patterns` and `exit_codes` judge the tool's own outcome: another harness's timeout
+    messages in imported runs, a timeout inside a job; a session's is blamed on its cause.
+    """
     patterns = _compile(params.patterns)
-    actions = {a.event_id: a for a in _actions(events)}
-    hits = []
-    for action_id, observations in observations_by_action(events).items():
-        for observed in observations:
-            event: ToolObserved = observed.event
-            reason = ""
-            if event.exit_code is not None and event.exit_code in params.exit_codes:
-                reason = f"exit code {event.exit_code} means a timeout"
-            else:
-                match = _last_match(patterns, event.output)
-                if match:
-                    reason = f"timed out: {_excerpt(event.output, match)}"
-            if reason:
-                hits.append(_hit("timeout", actions[action_id], reason, observed))
-                break
-    return sorted(hits, key=lambda h: h.action_version)
+
+    def reason(item: Evidence) -> str:
+        event = item.event
+        if event.origin == "timeout":
+            return f"timed out: {_final_line(event.output)}"
+        if event.origin != "tool":
+            return ""
+        if event.exit_code is not None and event.exit_code in params.exit_codes:
+            return f"exit code {event.exit_code} means a timeout"
+        match = _last_match(patterns, event.output) if item.process_output else None
+        return f"timed out: {_excerpt(event.output, match)}" if match else ""
+
+    return _attributed("timeout", events, reason)
 
 
 def truncated_response(events: Sequence[RecordedEvent], params: TruncatedResponseParams) -> list[RuleHit]:
@@ -473,7 +491,7 @@ RULES: dict[str, Rule] = {
         Rule("malformed_tool_call", malformed_tool_call, MalformedToolCallParams, "arguments that are not a JSON object or break the tool's schema"),
         Rule("unknown_tool", unknown_tool, UnknownToolParams, "a call to a tool the run did not offer"),
         Rule("empty_response", empty_response, EmptyResponseParams, "no text and no tool call"),
-        Rule("error_observation", error_observation, ErrorObservationParams, "the observation is an error (flag, exit code, traceback)"),
+        Rule("error_observation", error_observation, ErrorObservationParams, "an error observation, blamed on its cause (exit code, harness error, traceback)"),
         Rule("repeated_action", repeated_action, RepeatedActionParams, "a loop of identical consecutive tool calls"),
         Rule("after_stop", after_stop, AfterStopParams, "an action after a human stop"),
         Rule("human_rejected", human_rejected, HumanRejectedParams, "an action a person rejected"),
@@ -496,11 +514,18 @@ class RuleConfig(msgspec.Struct, frozen=True, kw_only=True):
 class PolicyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How `projections.policy.decide` turns hits and verdicts into keep or mask.
 
-    Precedence: a person's word, then rule hits, then the judges' verdicts, then `unjudged`.
+    Precedence: a person's word, then rule hits (unless `judge_overrules_rules` lets a
+    judge's keep overrule them), then the judges' verdicts, then `unjudged`.
     """
 
     rules: Literal["mask", "ignore"] = "mask"
     """What a hit of an enabled rule does (`ignore`: show the hits, mask nothing for them)."""
+    judge_overrules_rules: bool = False
+    """Whether a counted judge's `keep` (score at least `min_score`, `mask_on_judge = "mask"`)
+    overrules rule hits, as a person's approve does. Off by default: a rule's hit is a
+    checkable fact (an exit code, a traceback) and a judge is a model that can be talked into
+    a keep; turn it on where the rules are known to be noisy (imported runs, new tools).
+    Never overrules a person's reject."""
     judge_ids: frozenset[str] = frozenset({"*"})
     """Judges whose verdicts count: ids or glob patterns (`claude-*@judge-v1`); empty: none."""
     mask_on_judge: Literal["mask", "never"] = "mask"

@@ -27,18 +27,10 @@ import pytest
 
 from apollo_es import EventStore, NewEvent
 from apollo_es.errors import ApolloError
-from apollo_es.judge import (
-    JUDGE_SYSTEM,
-    PROMPT_VERSION,
-    Judge,
-    VerdictError,
-    judge_context,
-    judge_event_id,
-    judge_id_for,
-    parse_verdict,
-)
+from apollo_es.judge import Judge, judge_event_id, judge_id_for
 from apollo_es.models import AnthropicClient, OpenAIClient, RetryPolicy
 from events import ActionJudged, AgentActed, HumanIntervened, RunFinished, RunStarted, ToolCall, ToolObserved
+from projections.judging import JUDGE_SYSTEM, PROMPT_VERSION, VerdictError, judge_context, parse_verdict
 from projections.requests import render_request
 
 MODEL = "judge-model"

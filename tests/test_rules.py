@@ -154,25 +154,25 @@ def test_error_observation_flags_the_action_that_caused_it(run):
     run.observe("c2", "No such file", cause=flagged, is_error=True, tool_name="run_command")
     exited = run.act(CMD, observe=None)
     run.observe("c3", "boom\n[exit code 2]", cause=exited, exit_code=2)
-    traceback = run.act(("run_command", {"command": "python t.py"}), observe=None)
+    traceback = run.act(("run_command", {"command": "python t.py | tee log"}), observe=None)
     run.observe("c4", 'Traceback (most recent call last):\n  File "t.py", line 1\nZeroDivisionError: division by zero\n', cause=traceback, exit_code=0)
-    marker = run.act(CMD, observe=None)
-    run.observe("c5", "training...\nRuntimeError: CUDA out of memory\n", cause=marker)
     # No causation_id (an import): matched through the tool call id.
     by_call_id = run.act(CMD, observe=None)
-    run.observe("c6", "bash: foo: command not found", exit_code=0)
+    run.observe("c5", "bash: foo: command not found", exit_code=127)
+    bare_line = run.act(CMD, observe=None)  # an exception's name without a traceback may be a file's text
+    run.observe("c6", "training...\nRuntimeError: CUDA out of memory\n", cause=bare_line)
     mentions = run.act(CMD, observe=None)
     run.observe("c7", "the word Error: inside a line is fine; so is a ValueError mentioned mid-sentence", cause=mentions)
     found = {h.action_event_id: h for h in hits("error_observation", run.events)}
-    assert list(found) == [flagged, exited, traceback, marker, by_call_id]
-    assert clean not in found and mentions not in found
-    assert found[exited].reason.startswith("exit code 2")
-    assert found[traceback].reason == "error in output: ZeroDivisionError: division by zero"
-    assert "CUDA out of memory" in found[marker].reason
+    assert list(found) == [flagged, exited, traceback, by_call_id]
+    assert clean not in found and mentions not in found and bare_line not in found
+    assert found[exited].reason == "run_command: exit code 2: boom"
+    assert found[traceback].reason == "run_command: error in output: ZeroDivisionError: division by zero"
     assert found[flagged].evidence_version == run.version(flagged) + 1
     only_flags = hit_ids("error_observation", run.events, patterns=frozenset())
-    assert only_flags == [flagged, exited]
-    assert hit_ids("error_observation", run.events, error_flag=False, nonzero_exit=False) == [traceback, marker, by_call_id]
+    assert only_flags == [flagged, exited, by_call_id]
+    assert hit_ids("error_observation", run.events, error_flag=False, nonzero_exit=False) == [traceback]
+    assert hit_ids("error_observation", run.events, patterns=frozenset({r"^RuntimeError: "})) == [flagged, exited, by_call_id, bare_line]
 
 
 def test_error_observation_ignores_listed_tools_and_counts_each_action_once(run):
@@ -185,14 +185,20 @@ def test_error_observation_ignores_listed_tools_and_counts_each_action_once(run)
     assert hit_ids("error_observation", run.events, ignore_tools=frozenset({"run_tests"})) == [two]
 
 
-def test_error_observation_ignores_what_the_harness_wrote(run):
+def test_error_observation_skips_the_harness_notices_by_origin(run):
+    lost_text = "The result of this run_command call was lost: the agent process stopped while it ran. It may or may not have taken effect."
     lost = run.act(CMD, observe=None)
-    run.observe("c1", "The result of this run_command call was lost: the agent process stopped while it ran. It may or may not have taken effect.", cause=lost, is_error=True)
+    run.observe("c1", lost_text, cause=lost, is_error=True, origin="notice")
     after_finish = run.act(("finish", {"answer": "42"}), CMD, observe=None)
     run.observe("c2", "Final answer submitted.", cause=after_finish)
-    run.observe("c3", "Not run: finish() in the same turn ended the task.", cause=after_finish, is_error=True)
+    run.observe("c3", "Not run: finish() in the same turn ended the task.", cause=after_finish, is_error=True, origin="notice")
     assert hit_ids("error_observation", run.events) == []
-    assert hit_ids("error_observation", run.events, ignore_patterns=frozenset()) == [lost, after_finish]
+    # Recorded before `origin` existed, the same notices read as the tool's errors, unless listed.
+    legacy = run.act(CMD, observe=None)
+    run.observe("c5", lost_text, cause=legacy, is_error=True)
+    assert hit_ids("error_observation", run.events) == [legacy]
+    listed = frozenset({r"^The result of this \w+ call was lost"})
+    assert hit_ids("error_observation", run.events, ignore_patterns=listed) == []
 
 
 def test_feedback_without_a_tool_call_belongs_to_the_action_before_it(run):
@@ -251,17 +257,25 @@ def test_human_rejected(run):
 
 def test_timeout(run):
     ours = run.act(("run_command", {"command": "sleep 99", "timeout": 1}), observe=None)
-    run.observe("c1", "partial\n[command timed out after 1 s; its process group was killed]", cause=ours, is_error=True, exit_code=-9)
+    run.observe("c1", "partial\n[command timed out after 1 s; its process group was killed]", cause=ours, is_error=True, exit_code=-9, origin="timeout")
     swe = run.act(CMD, observe=None)
     run.observe("c2", "The command 'sleep 99' was cancelled because it took more than 300 seconds. Please try a different command.", cause=swe)
     openhands = run.act(CMD, observe=None)
     run.observe("c3", "[The command timed out after 120 seconds.]", cause=openhands)
     coreutils = run.act(CMD, observe=None)
     run.observe("c4", "", cause=coreutils, exit_code=124)
+    python = run.act(CMD, observe=None)
+    run.observe("c5", 'Traceback (most recent call last):\n  File "x.py", line 1\nsubprocess.TimeoutExpired: Command \'make\' timed out after 5 seconds', cause=python, exit_code=1)
+    mentions = run.act(("run_command", {"command": "cat NOTES.md"}), observe=None)
+    run.observe("c6", "the eval hit a TimeoutExpired; [command timed out after 9 s] is what apollo-es prints", cause=mentions, exit_code=0)
+    read = run.act(("read_file", {"path": "NOTES.md"}), observe=None)
+    run.observe("c7", "[The command timed out after 120 seconds.]", cause=read, tool_name="read_file")
     run.act(CMD)
-    assert hit_ids("timeout", run.events) == [ours, swe, openhands]
-    assert hit_ids("timeout", run.events, exit_codes=frozenset({124})) == [ours, swe, openhands, coreutils]
-    assert "command timed out after 1 s" in hits("timeout", run.events)[0].reason
+    assert hit_ids("timeout", run.events) == [ours, swe, openhands, python]
+    assert hit_ids("timeout", run.events, exit_codes=frozenset({124})) == [ours, swe, openhands, coreutils, python]
+    assert hits("timeout", run.events)[0].reason == "run_command: timed out: [command timed out after 1 s; its process group was killed]"
+    # apollo-es's own timeouts are the timeout rule's case, not error_observation's.
+    assert ours not in hit_ids("error_observation", run.events)
 
 
 def test_truncated_response(run):
@@ -310,8 +324,10 @@ def test_changing_a_parameter_changes_the_fingerprint():
         RuleSet.loads("[policy]\nmin_score = 0.6\n").fingerprint,
         RuleSet.loads("[policy]\njudge_ids = ['claude@judge-v1']\n").fingerprint,
         base.with_rule("empty_response", count_reasoning=True).fingerprint,
+        RuleSet.loads("[rules.error_observation.ok_exit_codes]\ngrep = [1]\n").fingerprint,
+        RuleSet.loads("[policy]\njudge_overrules_rules = true\n").fingerprint,
     }
-    assert base.fingerprint not in changed and len(changed) == 7
+    assert base.fingerprint not in changed and len(changed) == 9
 
 
 def test_the_same_configuration_written_differently_has_the_same_fingerprint():
@@ -365,6 +381,8 @@ def test_the_rules_version_is_part_of_the_fingerprint(monkeypatch):
         ("[policy]\nmin_score = 2\n", "[policy]: min_score: Expected `float` <= 1.0"),
         ("[policy]\njudge_error = 'explode'\n", "judge_error: Invalid enum value 'explode'"),
         ("[policy]\nstrict = true\n", "unknown parameter 'strict'"),
+        ("[policy]\njudge_overrules_rules = 'yes'\n", "judge_overrules_rules: Expected `bool`"),
+        ("[rules.error_observation.ok_exit_codes]\ngrep = ['one']\n", "ok_exit_codes[...][0]: Expected `int`, got `str`"),
         ("rules = 3\n", "`rules` must be a table"),
         ("[rule.timeout]\n", "unknown top-level key(s) rule"),
         ("rules_version = '0'\n", "written for rules version 0"),
@@ -451,6 +469,31 @@ def test_a_persons_latest_word_decides_approve_overrules_rules_and_judges(store,
     assert not decisions[changed_mind].keep  # the reject came last
     # approve is an annotation, never a message to the agent
     assert "the error is expected here" not in str(fold(run.events).messages)
+
+
+def test_a_judges_keep_overrules_rule_hits_only_when_the_policy_says_so(store, run):
+    error, low, split, rejected = (run.act(("run_command", {"command": f"step {i}"}), observe=None) for i in range(4))
+    for index, action in enumerate((error, low, split, rejected), 1):
+        run.observe(f"c{index}", "x", cause=action, is_error=True)
+    run.human("reject", "no", target=rejected)
+    verdict(store, "run-1", error, "keep", 0.9)
+    verdict(store, "run-1", low, "keep", 0.3)
+    verdict(store, "run-1", split, "keep", 0.9, judge_id="big@judge-v1")
+    verdict(store, "run-1", split, "mask", 0.2, judge_id="small@judge-v1")
+    verdict(store, "run-1", rejected, "keep", 0.9)
+
+    by_default = decide(run.events, RuleSet.default())
+    assert not any(d.keep for d in by_default.values())
+    overruling = RuleSet.loads("[policy]\njudge_overrules_rules = true\n")
+    decisions = decide(run.events, overruling)
+    assert {a for a, d in decisions.items() if d.keep} == {error}
+    assert [(r.source, r.masks) for r in decisions[error].reasons] == [("rule", False), ("judge", False)]
+    assert decisions[error].reasons[0].detail.endswith("[overruled: kept by judge m@judge-v1]")
+    assert [r.source for r in decisions[low].masked_by] == ["rule", "judge"]  # a keep below min_score is no keep
+    assert [r.name for r in decisions[split].masked_by] == ["small@judge-v1"]  # the rule is overruled, the other judge is not
+    assert [r.source for r in decisions[rejected].masked_by] == ["human"]  # a person's reject stays
+    shown_only = RuleSet.loads("[policy]\njudge_overrules_rules = true\nmask_on_judge = 'never'\n")
+    assert not decide(run.events, shown_only)[error].keep  # verdicts that are only shown overrule nothing
 
 
 def test_decide_counts_only_the_listed_judges(store, run):

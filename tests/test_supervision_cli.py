@@ -14,9 +14,9 @@ from click.testing import CliRunner
 import apollo_es.cli.supervision_commands as supervision
 from apollo_es import EventStore, NewEvent
 from apollo_es.cli import cli
-from apollo_es.judge import PROMPT_VERSION
 from apollo_es.models import OpenAIClient, RetryPolicy
 from events import ActionJudged, AgentActed, HumanIntervened, RunFinished, RunStarted, ToolCall, ToolObserved, ToolSpec
+from projections.judging import PROMPT_VERSION
 from projections.rules import RuleSet
 
 EXAMPLE = str(Path(__file__).resolve().parent.parent / "examples" / "rules.toml")

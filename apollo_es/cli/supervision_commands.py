@@ -148,7 +148,9 @@ def rules_list(rules_file: str | None, as_json: bool) -> None:
 
 
 def _toml(value: Any) -> str:
-    """A TOML value: JSON's scalars, strings and arrays are valid TOML."""
+    """A TOML value: JSON's scalars, strings and arrays are valid TOML; a table is written inline."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml(key)} = {_toml(item)}" for key, item in value.items()) + "}"
     return json.dumps(value, ensure_ascii=False)
 
 

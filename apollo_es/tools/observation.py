@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from events.kinds import ObservationOrigin
+
 __all__ = ["MAX_READ_BYTES", "Observation", "capped", "read_bounded"]
 
 MAX_READ_BYTES = 32 * 1024 * 1024
@@ -23,6 +25,7 @@ class Observation:
     truncated: bool = False
     original_chars: int | None = None  # length before truncation, when truncated
     finished: bool = False  # True only for a successful finish()
+    origin: ObservationOrigin = "tool"  # recorded as ToolObserved.origin: who decided the outcome
 
 
 def capped(text: str, cap: int, footer: str = "", **fields: Any) -> Observation:

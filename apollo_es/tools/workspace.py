@@ -3,7 +3,9 @@
 Why it is shaped this way:
 - `Workspace.execute` turns every tool-level problem (unknown tool, bad arguments, a path
   outside the root, a missing file, a non-unique edit...) into an error `Observation` instead
-  of raising: the agent has to see its own mistakes to recover from them.
+  of raising: the agent has to see its own mistakes to recover from them. Such observations,
+  and commands killed at their timeout or by a person's stop, say so in `origin`, so the
+  filter rules never have to tell our messages from a command's output by their wording.
 - Every process the tools start runs in the workspace's `Sandbox` (`sandbox.py`): the agent's
   secrets, the rest of the host and the network are out of reach, and a timeout ends every
   process the command started.
@@ -118,9 +120,9 @@ class Workspace:
             validate_arguments(name, arguments)
             observation = self._handlers[name](**arguments)
         except ToolError as e:
-            observation = Observation(output=str(e), is_error=True)
+            observation = Observation(output=str(e), is_error=True, origin="harness")
         except (OSError, UnicodeError) as e:  # permissions, disk full, ...: the agent can act on these
-            observation = Observation(output=f"{name} failed: {e}", is_error=True)
+            observation = Observation(output=f"{name} failed: {e}", is_error=True, origin="harness")
         return replace(observation, duration_ms=(time.monotonic() - started) * 1000)
 
     def close(self) -> None:
@@ -168,10 +170,10 @@ class Workspace:
         interrupted, self._interrupted = self._interrupted, False
         if interrupted:
             footer = "[interrupted: a person stopped the run; the command and every process it started were killed]"
-            return capped(text, self.output_cap, footer, is_error=True, exit_code=proc.returncode)
+            return capped(text, self.output_cap, footer, is_error=True, exit_code=proc.returncode, origin="harness")
         if timed_out:
             footer = f"[command timed out after {timeout:g} s; it and every process it started were killed]"
-            return capped(text, self.output_cap, footer, is_error=True, exit_code=proc.returncode)
+            return capped(text, self.output_cap, footer, is_error=True, exit_code=proc.returncode, origin="timeout")
         if proc.returncode != 0:
             return capped(text, self.output_cap, f"[exit code {proc.returncode}]", is_error=True, exit_code=proc.returncode)
         return capped(text or "(no output)", self.output_cap, exit_code=0)
