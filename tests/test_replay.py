@@ -334,6 +334,6 @@ def test_a_branch_at_an_action_forks_after_its_results(tmp_path):
     assert made.exit_code == 0, made.output
     assert json.loads(made.output)["fork_version"] == 5
     raw = runner.invoke(cli, ["branch", "run-1", "--at", "4", "--db", db])
-    assert raw.exit_code == 0 and "branching after v5" in raw.output
+    assert raw.exit_code == 0 and "branched after v5" in raw.output
     child = raw.output.strip().splitlines()[-1]
     assert state_at(store, child).context.pending_calls == ()

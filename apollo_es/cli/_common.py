@@ -48,6 +48,10 @@ def db_option(fn: Callable) -> Callable:
     )(fn)
 
 
+def quiet_option(fn: Callable) -> Callable:
+    return click.option("--quiet", "-q", is_flag=True, help="No per-step lines or status line, only the outcome.")(fn)
+
+
 def json_option(fn: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
 
@@ -83,8 +87,34 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(msgspec.to_builtins(data), indent=2, ensure_ascii=False))
 
 
+def nl_option(fn: Callable) -> Callable:
+    return click.option("--nl", "as_ndjson", is_flag=True, help="One JSON object per line (NDJSON), for pipes.")(fn)
+
+
+def print_ndjson(items: Any) -> None:
+    for item in items:
+        click.echo(json.dumps(msgspec.to_builtins(item), ensure_ascii=False))
+
+
 def table(*columns: str) -> Table:
-    return Table(*columns, box=None, header_style="bold", pad_edge=False)
+    """A table whose long cells wrap on a terminal, never cut: ids and hashes must be copyable."""
+    out = Table(box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        out.add_column(column, overflow="fold")
+    return out
+
+
+def print_table(out: Table) -> None:
+    """On a terminal, the table; piped, a header line and one tab-separated line per row, for grep and cut."""
+    if sys.stdout.isatty():
+        console.print(out)
+        return
+    def plain(value: Any) -> str:
+        text = value.plain if isinstance(value, Text) else str(value)
+        return " ".join(text.split("\t")).replace("\n", " ")
+    click.echo("\t".join(plain(column.header) for column in out.columns))
+    for row in zip(*(column.cells for column in out.columns)):
+        click.echo("\t".join(plain(value) for value in row))
 
 
 def cell(value: Any) -> Text:
@@ -117,11 +147,7 @@ def stderr_is_tty() -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
-def settled_fork(store: EventStore, run_id: str, version: int, as_json: bool) -> int:
-    """`replay.fork_point`, saying so on stderr when it moves a fork past an action's results."""
-    from replay import fork_point
-
-    fork = fork_point(store, run_id, version)
-    if fork != version and not as_json:
-        click.echo(f"v{version} is inside an action and its results: branching after v{fork}", err=True)
-    return fork
+def report_moved_fork(requested: int, fork: int, as_json: bool) -> None:
+    """Say on stderr when `replay.fork_point` moved a branch past an action's results."""
+    if fork != requested and not as_json:
+        click.echo(f"v{requested} is inside an action and its results: branched after v{fork}", err=True)

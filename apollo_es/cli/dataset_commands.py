@@ -8,7 +8,16 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
-from apollo_es.cli._common import cell, console, json_option, print_json, stderr_is_tty, table, with_store
+from apollo_es.cli._common import (
+    cell,
+    console,
+    json_option,
+    print_json,
+    print_table,
+    stderr_is_tty,
+    table,
+    with_store,
+)
 from apollo_es.store import EventStore
 from projections.chat_template import RenderError, load_tokenizer
 from projections.dataset import DEFAULT_FORMATS, FORMATS, project
@@ -121,7 +130,7 @@ def inspect(directory, index, tokenizer_path, as_json):
         out.add_row(cell(key), cell(getattr(m, key)))
     out.add_row(cell("samples_by_type"), cell(_counts(m.samples_by_type)))
     out.add_row(cell("upsampled_by_type"), cell(_counts(m.upsampled_by_type)))
-    console.print(out)
+    print_table(out)
     console.print(f"\nsample {index}: {meta.sample_id} ({meta.type}, x{meta.repeat}), {meta.tokens:,} tokens, "
                   f"{meta.trained_tokens:,} trained (highlighted)\n", markup=False)
     text = Text()

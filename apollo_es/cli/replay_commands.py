@@ -7,14 +7,23 @@ from pathlib import Path
 
 import click
 
-from apollo_es.cli._common import cell, console, json_option, print_json, settled_fork, table, with_store
+from apollo_es.cli._common import (
+    cell,
+    json_option,
+    print_json,
+    print_table,
+    quiet_option,
+    report_moved_fork,
+    table,
+    with_store,
+)
 from apollo_es.cli.run_commands import drive, make_model_client, model_options, settings_options
 from apollo_es.store import EventStore
 from apollo_es.tasks import load_task, prepare_workspace, reconfiguration
 from apollo_es.tools import Workspace
 from projections.audit import timeline
 from replay import branch as branch_run
-from replay import branch_workspace, rerun, state_at, verify_run
+from replay import branch_workspace, fork_point, rerun, state_at, verify_run
 from replay.rerun import refuse_imported
 from replay.rerun import DEFAULT_NORMALIZATIONS, DEFAULT_SKIP_TOOLS
 
@@ -43,8 +52,10 @@ from replay.rerun import DEFAULT_NORMALIZATIONS, DEFAULT_SKIP_TOOLS
                    "Refused by default: they are code from another machine's trajectory file.")
 @with_store
 @json_option
+@quiet_option
 def replay(store: EventStore, run_id, at_version, show, make_branch, inject, reason, new_stream_id, annotator, continue_live, model,
-           provider, base_url, recording, settings, do_verify, do_rerun, workspace_dir, task_file, normalize, skip_tools, allow_imported_commands, as_json):
+           provider, base_url, recording, settings, do_verify, do_rerun, workspace_dir, task_file, normalize, skip_tools, allow_imported_commands, as_json,
+           quiet):
     """Inspect a run at any version, branch it with new guidance, verify it, or re-run it.
 
     Example:
@@ -78,8 +89,9 @@ def replay(store: EventStore, run_id, at_version, show, make_branch, inject, rea
     if make_branch:
         client = make_model_client(provider or state.context.run.provider or "anthropic", model, base_url, recording) if continue_live else None
         new_settings = reconfiguration(state.context.run, **settings, reason="continued branch") if changed else None  # checked first
-        fork = settled_fork(store, run_id, state.version, as_json)
+        fork = fork_point(store, run_id, state.version)
         new_id = branch_run(store, run_id, fork, inject=inject, reason=reason, annotator=annotator, new_stream_id=new_stream_id)
+        report_moved_fork(state.version, fork, as_json)
         if not continue_live:
             if as_json:
                 print_json({"stream_id": new_id, "parent_id": run_id, "fork_version": fork, "head": store.head(new_id)})
@@ -90,7 +102,7 @@ def replay(store: EventStore, run_id, at_version, show, make_branch, inject, rea
                                 load_task(task_file) if task_file else None, allow_imported_commands=allow_imported_commands)
         if new_settings is not None:
             store.append(new_id, [new_settings], actor="system")
-        drive(store, new_id, client, Workspace(root, sandbox=state.context.run.sandbox), resume=False, as_json=as_json)
+        drive(store, new_id, client, Workspace(root, sandbox=state.context.run.sandbox), resume=False, as_json=as_json, quiet=quiet)
         return
     if as_json:
         print_json(state)
@@ -201,7 +213,7 @@ def tree(store: EventStore, run_id: str, as_json: bool) -> None:
         name = marker + "  " * node["depth"] + ("└ " if node["depth"] else "") + node["stream_id"]
         fork = f"@v{node['fork_version']}" if node["fork_version"] else ""
         out.add_row(cell(name), cell(fork), cell(node["head"]), cell(node["own_events"]), cell(node["status"]))
-    console.print(out)
+    print_table(out)
 
 
 def _statuses(store: EventStore) -> dict[str, str]:

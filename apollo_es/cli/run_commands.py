@@ -18,7 +18,18 @@ from rich.text import Text
 
 from apollo_es.agent import Agent, StepReport
 from apollo_es.interventions import intervene as intervene_run
-from apollo_es.cli._common import console, db_option, json_option, open_store, print_json, stderr_is_tty, with_store
+from apollo_es.cli._common import (
+    console,
+    db_option,
+    json_option,
+    open_store,
+    print_json,
+    print_ndjson,
+    quiet_option,
+    stderr_is_tty,
+    with_store,
+)
+from apollo_es.cli.progress import StepLines
 from apollo_es.models import ModelClient, RecordedClient, load_recording, make_client
 from apollo_es.store import NO_STREAM, EventStore
 from apollo_es.tasks import load_task, prepare_workspace, reconfiguration, run_started, sampling_of
@@ -98,7 +109,9 @@ def make_model_client(provider: str, model: str, base_url: str | None, recording
                    "'none' runs them unconfined on this host; it warns and is recorded in the run.")
 @db_option
 @json_option
-def run(task_file, model, provider, base_url, recording, run_id, workspace_dir, settings, summary_threshold, sandbox_kind, db_path, as_json):
+@quiet_option
+def run(task_file, model, provider, base_url, recording, run_id, workspace_dir, settings, summary_threshold, sandbox_kind, db_path, as_json,
+        quiet):
     """Run an agent on a task file until it finishes, is stopped or runs out of budget.
 
     From another terminal, `apollo-es intervene RUN -m "..."` steers it and `apollo-es stop RUN`
@@ -132,7 +145,7 @@ def run(task_file, model, provider, base_url, recording, run_id, workspace_dir, 
         request_provider = client.provider
         store.append(run_id, [run_started(task, model=model, provider=request_provider, workspace=root)], expected_version=NO_STREAM, actor="system")
         console.print(f"run {run_id}: workspace {root}", markup=False, highlight=False) if not as_json else None
-        drive(store, run_id, client, Workspace(root, sandbox=task.sandbox), resume=False, as_json=as_json)
+        drive(store, run_id, client, Workspace(root, sandbox=task.sandbox), resume=False, as_json=as_json, quiet=quiet)
 
 
 @click.command()
@@ -142,7 +155,8 @@ def run(task_file, model, provider, base_url, recording, run_id, workspace_dir, 
 @settings_options
 @db_option
 @json_option
-def resume(run_id, model, provider, base_url, recording, settings, db_path, as_json):
+@quiet_option
+def resume(run_id, model, provider, base_url, recording, settings, db_path, as_json, quiet):
     """Continue a run from where its log ends: after a crash, a failure or an exhausted budget.
 
     The run's model, provider and workspace come from its RunStarted event. Budgets, the output
@@ -168,16 +182,24 @@ def resume(run_id, model, provider, base_url, recording, settings, db_path, as_j
         served = context.steps + sum(isinstance(e.event, ContextSummarized) for e in recorded)
         client = make_model_client(provider or started.provider or "anthropic", model or started.model, base_url, recording, served=served)
         reconfigure(store, run_id, started, settings, reason="resume")
-        drive(store, run_id, client, Workspace(started.workspace, sandbox=started.sandbox), resume=True, as_json=as_json)
+        drive(store, run_id, client, Workspace(started.workspace, sandbox=started.sandbox), resume=True, as_json=as_json, quiet=quiet)
 
 
-def drive(store: EventStore, run_id: str, client: ModelClient, workspace: Workspace, *, resume: bool, as_json: bool) -> None:
-    """Run the agent with a live status line, then print how the run ended."""
+def drive(store: EventStore, run_id: str, client: ModelClient, workspace: Workspace, *, resume: bool, as_json: bool,
+          quiet: bool = False) -> None:
+    """Run the agent with a line per step and a live status line, then print how the run ended.
+
+    Progress goes to stderr, and only to a terminal: stdout keeps just the outcome.
+    """
     line = Text("")
-    # The status line goes to stderr, and only to a terminal (rich's Live has no `disable`).
-    live = Live(line, console=Console(stderr=True), transient=True) if not as_json and stderr_is_tty() else None
+    terminal = Console(stderr=True, highlight=False)
+    # rich's Live has no `disable`, so there is none off a terminal.
+    live = Live(line, console=terminal, transient=True) if not as_json and not quiet and stderr_is_tty() else None
+    steps = StepLines(store, run_id, lambda text: terminal.print(text, markup=False)) if live is not None else None
 
     def show(report: StepReport) -> None:
+        if steps is not None:
+            steps()
         line.plain = f"{report.stream_id}  step {report.steps}  ~{report.tokens:,} tokens  {report.last}"
         if live is not None and live.is_started:
             live.refresh()
@@ -190,6 +212,9 @@ def drive(store: EventStore, run_id: str, client: ModelClient, workspace: Worksp
 
     with live or contextlib.nullcontext():
         finished = anyio.run(go)
+        if steps is not None:
+            steps()
+            steps.flush()
     context = fold(store.read(run_id))
     summary = {"run_id": run_id, "status": finished.status, "steps": context.steps, "final_answer": finished.final_answer, "score": finished.score, "error": finished.error}
     if as_json:
@@ -255,24 +280,26 @@ def _intervene(store: EventStore, run_id: str, message: str, kind: str, target: 
 @click.option("--tail", "last", type=click.IntRange(min=0), default=10, show_default=True, help="Show this many past events first.")
 @click.option("--follow/--no-follow", default=True, help="Keep printing new events until the run ends.")
 @click.option("--interval", type=click.FloatRange(min=0.05), default=0.5, show_default=True, help="Seconds between polls.")
+@click.option("--nl", "--json", "as_ndjson", is_flag=True, help="One JSON object per event (NDJSON), as they come.")
 @with_store
-def watch(store: EventStore, run_id, last, follow, interval):
+def watch(store: EventStore, run_id, last, follow, interval, as_ndjson):
     """Print a run's timeline as it grows, until the run ends (Ctrl-C to leave).
 
     Example:
 
-        apollo-es watch run-1 --tail 20
+        apollo-es watch run-1 --tail 20 --nl | jq .summary
     """
+    show = print_ndjson if as_ndjson else _print_rows
     recorded = store.read(run_id)  # raises StreamNotFound for an unknown run
     # Whether the run has ended is decided by the whole log, not by the rows shown: with
     # --tail 0, or a verdict appended after RunFinished, the shown rows need not include it.
     shown, ended = recorded[-1].version, fold(recorded).finished is not None
     rows = [row for row in timeline(store, run_id, limit=last) if row.version <= shown] if last else []
-    _print_rows(rows)
+    show(rows)
     while follow and not ended:
         time.sleep(interval)
         rows = timeline(store, run_id, after_version=shown)
-        _print_rows(rows)
+        show(rows)
         for row in rows:
             shown = row.version
             if row.kind in ("AgentActed", "BranchCreated", "RunFinished"):  # as the fold decides `finished`

@@ -13,19 +13,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 import events
 from apollo_es.cli._common import (
     cell,
-    console,
     db_option,
     json_option,
+    nl_option,
     open_store,
     parse_since,
     print_json,
-    settled_fork,
+    print_ndjson,
+    print_table,
+    report_moved_fork,
     stderr_is_tty,
     table,
     with_store,
 )
 from apollo_es.store import ANY, NO_STREAM, EventStore, NewEvent
 from projections.audit import timeline
+from replay import fork_point
 
 
 @click.command()
@@ -51,17 +54,21 @@ def init(db_path: str, as_json: bool) -> None:
 @click.command()
 @with_store
 @json_option
-def runs(store: EventStore, as_json: bool) -> None:
-    """List runs and their branches, each branch under its parent (with --json, each stream's recorded cost).
+@nl_option
+def runs(store: EventStore, as_json: bool, as_ndjson: bool) -> None:
+    """List runs and their branches, each branch under its parent (with --json or --nl, each stream's recorded cost).
+
+    Piped, the table becomes tab-separated lines with nothing cut.
 
     Example:
 
-        apollo-es runs --db apollo.db --json
+        apollo-es runs --db apollo.db --nl | grep finished
     """
     infos = store.streams()
-    if as_json:
+    if as_json or as_ndjson:
         costs = store.costs()
-        print_json([{**msgspec.to_builtins(info), "cost_usd": costs.get(info.stream_id)} for info in infos])
+        rows = [{**msgspec.to_builtins(info), "cost_usd": costs.get(info.stream_id)} for info in infos]
+        print_ndjson(rows) if as_ndjson else print_json(rows)
         return
     children: dict[str | None, list] = {}
     for info in infos:
@@ -77,7 +84,7 @@ def runs(store: EventStore, as_json: bool) -> None:
 
     for root in children.get(None, []):
         add(root, 0)
-    console.print(out)
+    print_table(out)
 
 
 @click.command()
@@ -88,7 +95,9 @@ def runs(store: EventStore, as_json: bool) -> None:
 @click.option("--tail", "limit", type=click.IntRange(min=1), help="Only the newest N events.")
 @with_store
 @json_option
-def log(store: EventStore, run: str, kinds: tuple[str, ...], actors: tuple[str, ...], since: str | None, limit: int | None, as_json: bool) -> None:
+@nl_option
+def log(store: EventStore, run: str, kinds: tuple[str, ...], actors: tuple[str, ...], since: str | None, limit: int | None, as_json: bool,
+        as_ndjson: bool) -> None:
     """Print a run's timeline: version, kind, actor and a one-line summary.
 
     A branch's timeline includes the events it inherits from its parents.
@@ -103,6 +112,9 @@ def log(store: EventStore, run: str, kinds: tuple[str, ...], actors: tuple[str, 
     rows = timeline(store, run, kinds=kinds, actors=actors, since=parse_since(since), limit=limit)
     if as_json:
         print_json(rows)
+        return
+    if as_ndjson:
+        print_ndjson(rows)
         return
     for row in rows:
         click.echo(f"v{row.version:<5} {row.recorded_at[:19]}  {row.kind:<17} {row.actor:<16} {row.summary}")
@@ -163,8 +175,9 @@ def branch(store: EventStore, run: str, at_version: int, new_stream_id: str | No
         apollo-es branch run-1 --at 40 --reason "retry with a smaller learning rate" --actor human:ana
     """
     store.head(run)  # an unknown run fails before anything else
-    fork = settled_fork(store, run, at_version, as_json)
+    fork = fork_point(store, run, at_version)
     new_id = store.branch(run, fork, new_stream_id=new_stream_id, reason=reason, actor=actor)
+    report_moved_fork(at_version, fork, as_json)
     if as_json:
         print_json({"stream_id": new_id, "parent_id": run, "fork_version": fork, "head": store.head(new_id)})
     else:
@@ -278,7 +291,7 @@ def stats(store: EventStore, as_json: bool) -> None:
     for kind, count in data["events_by_kind"].items():
         out.add_row(cell(f"  {kind}"), cell(f"{count:,}"))
     out.add_row(cell("cost_usd"), cell("no priced model calls" if data["cost_usd"] is None else f"${data['cost_usd']:,.2f}"))
-    console.print(out)
+    print_table(out)
 
 
 COMMANDS = [init, runs, log, show, branch, append, verify, stats]
