@@ -20,9 +20,7 @@ killed resumes exactly where the log ends:
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Awaitable, Callable
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -132,6 +130,10 @@ class Agent:
                 return context.finished
             if context.finished.status in ("finished", "stopped"):
                 raise ApolloError(f"run {self.stream_id!r} already {context.finished.status}; branch it to continue")
+            if context.finished.status == "budget_exhausted" and (still := _end_reason(context, self.store.read(self.stream_id))):
+                # Resuming would only record the same end again.
+                raise ApolloError(f"run {self.stream_id!r} is still over its budget ({still[1]}); resume it with a higher "
+                                  "--max-steps, --time-limit or --token-budget")
             if context.finished.error.startswith(ANSWER_TOO_LARGE) and not _output_limit_changed_since_end(self.store.read(self.stream_id)):
                 # Asking the same request with the same limit would most likely buy the same answer.
                 raise ApolloError(f"run {self.stream_id!r} failed on an answer too large to record; resume it with a "
@@ -462,6 +464,21 @@ def _should_summarize(context: Context) -> bool:
     )
 
 
+def active_seconds(recorded: Sequence[RecordedEvent]) -> float:
+    """The time the model and the tools worked in `recorded`: what a time limit counts.
+
+    Not the wall clock since the start, so a crash and the night before `resume` cost
+    nothing: each answer's latency (dropped answers included) plus each tool call's duration.
+    """
+    total_ms = 0.0
+    for r in recorded:
+        if isinstance(r.event, AgentActed):
+            total_ms += r.event.latency_ms + sum(d.latency_ms for d in r.event.discarded)
+        elif isinstance(r.event, ToolObserved):
+            total_ms += r.event.duration_ms
+    return total_ms / 1000
+
+
 def _end_reason(context: Context, recorded: list[RecordedEvent]) -> tuple[str, str] | None:
     """Why the run must end now, if it must: a person's stop, or a budget.
 
@@ -476,9 +493,8 @@ def _end_reason(context: Context, recorded: list[RecordedEvent]) -> tuple[str, s
     if run.max_steps is not None and steps >= run.max_steps:
         return "budget_exhausted", f"reached max_steps={run.max_steps}"
     if run.time_limit is not None:
-        elapsed = time.time() - datetime.fromisoformat(since[0].recorded_at).timestamp()
-        if elapsed >= run.time_limit:
-            return "budget_exhausted", f"reached time_limit={run.time_limit:g}s"
+        if active_seconds(since) >= run.time_limit:
+            return "budget_exhausted", f"reached time_limit={run.time_limit:g}s of active time"
     if run.token_budget is not None:
         usage = [r.event.usage for r in since if isinstance(r.event, (AgentActed, ContextSummarized))]
         usage += [d.usage for r in since if isinstance(r.event, AgentActed) for d in r.event.discarded]

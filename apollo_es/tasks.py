@@ -3,7 +3,7 @@
     id = "fix-classifier"
     description = "..."            # the task text the agent gets
     max_steps = 60                 # optional limits
-    time_limit = 3600              # seconds
+    time_limit = 3600              # seconds of active time (model answers + tool calls)
     token_budget = 2_000_000       # input + output tokens over all calls
     summary_threshold = 100_000    # tokens; summarize the context past this
     system_prompt = "..."          # optional; a default research-agent prompt otherwise

@@ -57,7 +57,7 @@ def settings_options(fn):
     (recorded as a `RunReconfigured`); they reach the command as one dict, `settings`."""
     options = [
         click.option("--max-steps", type=click.IntRange(min=1), help="Steps allowed (from the start, or the fork of a branch)."),
-        click.option("--time-limit", type=click.FloatRange(min=1), help="Seconds allowed (wall clock, from the start or the fork)."),
+        click.option("--time-limit", type=click.FloatRange(min=1), help="Seconds of active time allowed (model answers plus tool calls, from the start or the fork; downtime is free)."),
         click.option("--token-budget", type=click.IntRange(min=1), help="Tokens allowed: whole prompts (cached ones too) plus outputs."),
         click.option("--max-output-tokens", type=click.IntRange(min=1), help="Tokens one answer may take."),
         click.option("--thinking-budget", type=click.IntRange(min=1024), help="Anthropic extended thinking: budget tokens per answer."),
@@ -174,8 +174,14 @@ def resume(run_id, model, provider, base_url, recording, settings, db_path, as_j
         if started is None:
             raise click.ClickException(f"{run_id!r} has no RunStarted event; it was not started by apollo-es run")
         if context.finished is not None and context.finished.status in ("finished", "stopped"):
-            # Checked before building the client, so the answer does not depend on having an API key.
-            raise click.ClickException(f"run {run_id} already {context.finished.status}; branch it to continue: apollo-es branch {run_id} --at V")
+            # Nothing to do, which is not an error; checked before building the client, so the
+            # answer does not depend on having an API key.
+            if as_json:
+                print_json({"run_id": run_id, "status": context.finished.status, "resumed": False})
+            else:
+                click.echo(f"run {run_id} already {context.finished.status}; nothing to resume "
+                           f"(branch it to go on: apollo-es replay {run_id} --branch --at V)")
+            return
         if not started.workspace or not Path(started.workspace).is_dir():
             raise click.ClickException(f"the run's workspace {started.workspace!r} is gone; cannot resume")
         # one recorded response per model call already in the log: each action and each summary
