@@ -27,6 +27,7 @@ import anyio
 import msgspec
 
 from apollo_es.errors import ApolloError, ConcurrencyError, PayloadTooLarge
+from apollo_es.lease import LEASE_SECONDS, holding
 from apollo_es.models import ModelClient, ModelError, ModelResponse
 from apollo_es.models.prices import cost_usd
 from apollo_es.redaction import Redactor
@@ -102,6 +103,7 @@ class Agent:
         summarizer: ModelClient | None = None,
         on_step: Callable[[StepReport], None] | None = None,
         redact: Callable[[str], str] | None = None,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         """`redact` cleans every tool output and error before it is recorded; by default it
         replaces the secrets of this process's environment and the clients' API keys."""
@@ -111,6 +113,7 @@ class Agent:
         self.summarizer = summarizer or client
         self.workspace = workspace
         self.on_step = on_step
+        self.lease_seconds = lease_seconds
         self._discarded: list[DiscardedAnswer] = []  # paid for, recorded with the next action
         self.redact = redact or Redactor.from_environ(
             extra={"model API key": getattr(client, "api_key", None), "summarizer API key": getattr(summarizer, "api_key", None)}
@@ -120,8 +123,13 @@ class Agent:
         """Step until the run finishes, is stopped, fails or exhausts a budget.
 
         With `resume`, a run that ended `failed` or `budget_exhausted` continues; one that
-        finished or was stopped by a person does not (branch it instead).
+        finished or was stopped by a person does not (branch it instead). The agent holds the
+        run's lease meanwhile (`apollo_es.lease`): a second agent on the run is refused.
         """
+        async with holding(self.store, self.stream_id, self.lease_seconds):
+            return await self._run(resume)
+
+    async def _run(self, resume: bool) -> RunFinished:
         context = self._fold()
         if context.run is None:
             raise ApolloError(f"stream {self.stream_id!r} has no RunStarted; start runs with apollo-es run")

@@ -13,13 +13,13 @@ from apollo_es.store import EventStore, NewEvent, RecordedEvent
 from events import AgentActed, HumanIntervened
 from projections.context import fold
 
-__all__ = ["InterventionError", "intervene"]
+__all__ = ["InterventionError", "intervene", "undelivered_warning"]
 
 Kind = Literal["guidance", "stop", "reject", "approve"]
 ON_ACTIONS = ("reject", "approve")
+"""Kinds that judge one action for training; they may come after the run ended."""
 ATTEMPTS = 5
 """Tries to write at the head of a busy run before giving up with ConcurrencyError."""
-"""Kinds that judge one action for training; they may come after the run ended."""
 
 
 class InterventionError(ApolloError):
@@ -81,3 +81,10 @@ def _intervene_once(store: EventStore, run_id: str, kind: Kind, message: str, an
     [written] = store.append(run_id, [NewEvent(event=event, causation_id=target_event_id)], expected_version=head,
                              actor=f"human:{annotator}")
     return written
+
+
+def undelivered_warning(store: EventStore, run_id: str, kind: Kind) -> str | None:
+    """What to tell a person whose guidance or stop no agent will read until the run resumes."""
+    if kind in ON_ACTIONS or run_id in store.leases():
+        return None
+    return f"no agent is working on {run_id}: the {kind} is delivered when the run resumes (apollo-es resume {run_id})"

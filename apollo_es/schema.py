@@ -43,6 +43,16 @@ _TABLES = [
     "CREATE INDEX IF NOT EXISTS events_causation ON events (causation_id) WHERE causation_id IS NOT NULL",
     # Where each projection output got to. Not part of the log: it is derived state, and a
     # rebuild may reset it, so it is an ordinary table outside the hash chain.
+    # Which agent works on a run, until when: liveness, not history, so an ordinary table
+    # outside the hash chain. The expiry is wall-clock seconds (shared by hosts that share the
+    # store); an agent renews it while it works, so a crashed one lets go within one lease.
+    """
+    CREATE TABLE IF NOT EXISTS leases (
+        stream_id TEXT PRIMARY KEY REFERENCES streams (stream_id),
+        holder TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    )
+    """,
     """
     CREATE TABLE IF NOT EXISTS projection_checkpoints (
         name TEXT PRIMARY KEY,

@@ -42,6 +42,7 @@ __all__ = [
     "ANY",
     "NO_STREAM",
     "EventStore",
+    "Lease",
     "NewEvent",
     "RecordedEvent",
     "StreamInfo",
@@ -58,6 +59,15 @@ _COLUMNS = (
 _SQLITE_MAX_PARAMS = 900
 _PAGES_PER_COMMIT = 4  # rewritten by every commit, however small; see EventStore._wrote
 _MAX_ROWS_PER_INSERT = 64  # 8 parameters a row: under the 999 that older SQLite builds allow
+
+
+class Lease(msgspec.Struct, frozen=True):
+    """An agent's hold on a run (`EventStore.acquire_lease`)."""
+
+    stream_id: str
+    holder: str
+    expires_at: float
+    """Unix time."""
 
 
 class ExpectedVersion(enum.Enum):
@@ -643,6 +653,36 @@ class EventStore:
                 "fingerprint = excluded.fingerprint, updated_at = excluded.updated_at",
                 (name, position, fingerprint, utc_now()),
             )
+
+    def acquire_lease(self, stream_id: str, holder: str, seconds: float, *, take_over: str | None = None) -> Lease | None:
+        """Hold `stream_id` for `seconds` as `holder`: the held lease, or None if another holds it.
+
+        One transaction reads and writes, so of two agents starting on one run only one gets
+        it; the holder renews it by acquiring again before it runs out. `take_over` names a
+        holder known to be dead whose lease may be taken before it runs out.
+        """
+        with self._transaction() as conn:
+            row = conn.execute("SELECT holder, expires_at FROM leases WHERE stream_id = ?", (stream_id,)).fetchone()
+            now = time.time()
+            if row is not None and row[0] not in (holder, take_over) and row[1] > now:
+                return None
+            conn.execute(
+                "INSERT INTO leases (stream_id, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT (stream_id) "
+                "DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",
+                (stream_id, holder, now + seconds),
+            )
+        return Lease(stream_id=stream_id, holder=holder, expires_at=now + seconds)
+
+    def release_lease(self, stream_id: str, holder: str) -> None:
+        """Let go of `stream_id`, if `holder` holds it."""
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM leases WHERE stream_id = ? AND holder = ?", (stream_id, holder))
+
+    def leases(self) -> dict[str, Lease]:
+        """The leases not yet run out, by stream."""
+        with self._lock, self._translate_errors():
+            rows = self._conn.execute("SELECT stream_id, holder, expires_at FROM leases WHERE expires_at > ?", (time.time(),))
+            return {row[0]: Lease(stream_id=row[0], holder=row[1], expires_at=row[2]) for row in rows}
 
     def stream_positions(self) -> dict[str, int]:
         """Each stream's newest own position (a branch with no own events is absent)."""

@@ -46,7 +46,7 @@ def test_piped_tables_are_tab_separated_and_never_cut(tmp_path):
     result = CliRunner().invoke(cli, ["runs", "--db", str(tmp_path / "a.db")])
     assert result.exit_code == 0
     header, row = result.output.splitlines()
-    assert header.split("\t")[:3] == ["stream", "fork", "head"]
+    assert header.split("\t")[:3] == ["stream", "fork", "status"]
     assert row.split("\t")[0] == LONG_ID  # whole, for grep and cut
 
 

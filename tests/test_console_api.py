@@ -57,7 +57,7 @@ def test_runs_lists_every_run_and_branch_with_where_it_stands(store):
 
     assert set(runs) == {"run-1", child, "done"}
     run = runs["run-1"]
-    assert (run["status"], run["steps"], run["head"], run["open_interventions"]) == ("open", 3, 8, 1)
+    assert (run["status"], run["steps"], run["head"], run["open_interventions"]) == ("idle", 3, 8, 1)
     assert run["last_action"] == 'think({"thought":"step 3"})' and run["summary_threshold"] == 5_000
     assert run["tokens"] > 0 and run["last_event_at"].endswith("Z")
     branch = runs[child]
@@ -354,7 +354,7 @@ def test_runs_index_folded_in_pieces_equals_folded_at_once(store):
     for start in range(0, len(events), 3):
         pieces.apply(events[start : start + 3])
     assert msgspec.to_builtins(pieces.summaries()) == msgspec.to_builtins(whole.summaries())
-    assert {s.stream_id: s.status for s in whole.summaries()} == {"run-1": "stopping", "run-1~b1": "open"}
+    assert {s.stream_id: s.status for s in whole.summaries()} == {"run-1": "stopped", "run-1~b1": "idle"}
 
 
 # -- live continuation of a branch ---------------------------------------------------------------

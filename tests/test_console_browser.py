@@ -75,7 +75,7 @@ def test_annotator_watches_a_live_run_guides_it_and_branches_it(tmp_path, page):
             page.fill("#annotator", "ana")
             page.dispatch_event("#annotator", "change")
             row = page.locator("tr[data-stream='run-1']")
-            playwright.expect(row).to_contain_text("open")
+            playwright.expect(row).to_contain_text("running")
             playwright.expect(row.locator("td").nth(3)).to_have_text("1")
             assert page.url == f"{server.url}/"  # the token left the address bar
             shot(page, "1-runs.png")
@@ -124,15 +124,16 @@ def test_annotator_watches_a_live_run_guides_it_and_branches_it(tmp_path, page):
             page.locator("article[data-version='2'] button.select").click()
             page.fill("#step-message", "Read the task again before listing files.")
             page.click("#branch-here")
-            playwright.expect(page.locator("#message")).to_contain_text("Branch run-1~b1 created at v2")
+            # v2 is an action: the branch forks after its result, never inventing a lost one
+            playwright.expect(page.locator("#message")).to_contain_text("Branch run-1~b1 created at v3 (after the results of v2)")
             node = page.locator("#tree li[data-stream='run-1~b1']")
-            playwright.expect(node).to_contain_text("@v2")
+            playwright.expect(node).to_contain_text("@v3")
             shot(page, "3-branch-in-tree.png")
 
             page.locator("#message a").click()
             page.wait_for_selector("article[data-kind='BranchCreated']")
-            playwright.expect(page.locator("article.inherited")).to_have_count(2)  # v1 and v2 come from run-1
-            playwright.expect(page.locator("article[data-version='4']")).to_contain_text("Read the task again")
+            playwright.expect(page.locator("article.inherited")).to_have_count(3)  # v1-v3 come from run-1
+            playwright.expect(page.locator("article[data-version='5']")).to_contain_text("Read the task again")
             playwright.expect(page.locator("#tree li.current")).to_contain_text("run-1~b1")
             shot(page, "4-branch.png")
 
@@ -143,7 +144,7 @@ def test_annotator_watches_a_live_run_guides_it_and_branches_it(tmp_path, page):
             page.goto("about:blank")  # close the page's streams before the server goes
     finally:
         agent.release_all()
-    [branch_created, branch_guidance] = store.read("run-1~b1")[2:]
+    [branch_created, branch_guidance] = store.read("run-1~b1")[3:]
     assert branch_created.actor == branch_guidance.actor == "human:ana"
     assert branch_guidance.event.message == "Read the task again before listing files."
     assert isinstance(store.read("run-1")[-1].event, RunFinished)
@@ -207,7 +208,7 @@ def test_runs_page_filters_sorts_and_updates_live_with_the_token_off_loopback(tm
         playwright.expect(rows.first).to_have_attribute("data-stream", "gamma")
 
         store.append("alpha", [HumanIntervened(annotator="ben", kind="stop", message="enough")], actor="human:ben")
-        playwright.expect(page.locator("tr[data-stream='alpha'] .status")).to_have_text("stopping")
+        playwright.expect(page.locator("tr[data-stream='alpha'] .status")).to_have_text("stopped")  # a stop with no agent left: nothing will record more
         shot(page, "5-runs-filtered.png")
         page.goto("about:blank")
 

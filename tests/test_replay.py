@@ -262,7 +262,7 @@ def test_replay_cli_shows_branches_verifies_and_draws_the_tree(db):
     drawn = runner.invoke(cli, ["tree", "run-1~b1", "--db", db])
     assert drawn.exit_code == 0 and "run-1~b1" in drawn.output and "@v5" in drawn.output and "finished" in drawn.output
     nodes = json.loads(runner.invoke(cli, ["tree", "run-1", "--json", "--db", db]).output)
-    assert [(n["stream_id"], n["status"]) for n in nodes] == [("run-1", "finished"), ("run-1~b1", "open")]
+    assert [(n["stream_id"], n["status"]) for n in nodes] == [("run-1", "finished"), ("run-1~b1", "idle")]
 
 
 def test_replay_cli_branches_and_continues_live_in_a_workspace_rebuilt_at_the_fork(tmp_path):

@@ -3,16 +3,24 @@ with a higher budget, and never records the same end twice."""
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import sys
+
 import anyio
 import pytest
+from click.testing import CliRunner
 
 from apollo_es import EventStore
 from apollo_es.agent import Agent, active_seconds
+from apollo_es.cli import cli
 from apollo_es.errors import ApolloError
+from apollo_es.lease import RunHeld
 from apollo_es.models import ModelResponse, RecordedClient
 from apollo_es.tasks import Task, prepare_workspace, reconfiguration, run_started
 from apollo_es.tools import Workspace
-from events import AgentActed, DiscardedAnswer, RunFinished, RunStarted, ToolCall, ToolObserved, Usage
+from events import AgentActed, DiscardedAnswer, HumanIntervened, RunFinished, RunStarted, ToolCall, ToolObserved, Usage
 
 
 def _respond(*calls: tuple[str, dict]) -> ModelResponse:
@@ -58,3 +66,49 @@ def test_the_time_limit_counts_active_time_and_resume_needs_a_higher_budget(tmp_
     finished = _drive(store, [_respond(("finish", {"answer": "hi"}))], root, resume=True)
     assert finished.status == "finished"
     assert [r.event.status for r in store.read("run-1") if isinstance(r.event, RunFinished)] == ["budget_exhausted", "finished"]
+
+
+def test_one_status_from_the_fold_and_the_lease(tmp_path):
+    from projections.context import fold
+    from projections.status import run_status
+
+    store = EventStore(tmp_path / "a.db")
+    store.append("r", [RunStarted(task_id="t", task="x")])
+    context = fold(store.read("r"))
+    assert (run_status(context, held=True), run_status(context, held=False)) == ("running", "idle")
+    store.append("r", [HumanIntervened(annotator="ana", kind="stop", message="enough")], actor="human:ana")
+    context = fold(store.read("r"))
+    assert (run_status(context, held=True), run_status(context, held=False)) == ("stopping", "stopped")
+    store.append("r", [RunFinished(status="stopped")])
+    assert run_status(fold(store.read("r")), held=False) == "stopped"
+
+
+def test_one_agent_per_run_and_a_dead_holder_is_taken_over(tmp_path):
+    store = EventStore(tmp_path / "a.db")
+    task = Task(id="t", description="Say hi.")
+    root = prepare_workspace(task, tmp_path / "ws")
+    store.append("run-1", [run_started(task, model="m", provider="anthropic", workspace=root)], actor="system")
+    assert store.acquire_lease("run-1", "elsewhere:1:live", 60) is not None
+    with pytest.raises(RunHeld, match="held by another agent \\(elsewhere:1:live"):
+        _drive(store, [_respond(("finish", {"answer": "hi"}))], root)
+    store.release_lease("run-1", "elsewhere:1:live")
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = f"{socket.gethostname()}:{child.stdout.strip()}:gone"  # a process of ours that has exited
+    assert store.acquire_lease("run-1", dead, 60) is not None
+    assert _drive(store, [_respond(("finish", {"answer": "hi"}))], root).status == "finished"
+    assert store.leases() == {}  # released at the end
+
+
+def test_status_in_runs_and_a_warning_for_guidance_no_agent_will_read(tmp_path):
+    store = EventStore(tmp_path / "a.db")
+    store.append("r", [RunStarted(task_id="t", task="x")])
+    db = str(tmp_path / "a.db")
+    runner = CliRunner()
+    rows = [json.loads(line) for line in runner.invoke(cli, ["runs", "--nl", "--db", db]).output.splitlines()]
+    assert rows[0]["status"] == "idle"
+    sent = runner.invoke(cli, ["intervene", "r", "-m", "try again", "--annotator", "ana", "--db", db])
+    assert sent.exit_code == 0 and "Warning: no agent is working on r: the guidance is delivered when the run resumes" in sent.output
+    store.acquire_lease("r", "host:1:x", 60)
+    assert json.loads(runner.invoke(cli, ["runs", "--nl", "--db", db]).output)["status"] == "running"
+    sent = runner.invoke(cli, ["intervene", "r", "-m", "go on", "--annotator", "ana", "--db", db])
+    assert sent.exit_code == 0 and "Warning" not in sent.output

@@ -151,3 +151,12 @@ def report_moved_fork(requested: int, fork: int, as_json: bool) -> None:
     """Say on stderr when `replay.fork_point` moved a branch past an action's results."""
     if fork != requested and not as_json:
         click.echo(f"v{requested} is inside an action and its results: branched after v{fork}", err=True)
+
+
+def statuses(store: EventStore, stream_ids: list[str]) -> dict[str, str]:
+    """`projections.status.run_status` of each stream: the status every surface shows."""
+    from projections.context import fold
+    from projections.status import run_status
+
+    held = store.leases()
+    return {stream_id: run_status(fold(store.read(stream_id)), stream_id in held) for stream_id in stream_ids}

@@ -14,6 +14,7 @@ from apollo_es.cli._common import (
     print_table,
     quiet_option,
     report_moved_fork,
+    statuses,
     table,
     with_store,
 )
@@ -193,17 +194,18 @@ def tree(store: EventStore, run_id: str, as_json: bool) -> None:
     for info in infos.values():
         if info.parent_id:
             children.setdefault(info.parent_id, []).append(info.stream_id)
-    statuses = _statuses(store)
     nodes = []
 
     def walk(stream_id: str, depth: int) -> None:
         info = infos[stream_id]
         nodes.append({"stream_id": stream_id, "depth": depth, "parent_id": info.parent_id, "fork_version": info.fork_version,
-                      "head": info.head, "own_events": info.own_events, "status": statuses.get(stream_id, "open")})
+                      "head": info.head, "own_events": info.own_events})
         for child in children.get(stream_id, []):
             walk(child, depth + 1)
 
     walk(root, 0)
+    for node, status in zip(nodes, statuses(store, [node["stream_id"] for node in nodes]).values()):
+        node["status"] = status
     if as_json:
         print_json(nodes)
         return
@@ -214,15 +216,6 @@ def tree(store: EventStore, run_id: str, as_json: bool) -> None:
         fork = f"@v{node['fork_version']}" if node["fork_version"] else ""
         out.add_row(cell(name), cell(fork), cell(node["head"]), cell(node["own_events"]), cell(node["status"]))
     print_table(out)
-
-
-def _statuses(store: EventStore) -> dict[str, str]:
-    """The latest RunFinished status of each stream's own events ('open' when none)."""
-    rows = store.query(
-        "SELECT stream_id, json_extract(payload, '$.status') FROM events "
-        "WHERE kind = 'RunFinished' ORDER BY position"
-    )
-    return dict(rows)
 
 
 COMMANDS = [replay, tree]

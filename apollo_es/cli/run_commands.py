@@ -18,6 +18,7 @@ from rich.text import Text
 
 from apollo_es.agent import Agent, StepReport
 from apollo_es.interventions import intervene as intervene_run
+from apollo_es.interventions import undelivered_warning
 from apollo_es.cli._common import (
     console,
     db_option,
@@ -275,10 +276,13 @@ def stop(store: EventStore, run_id, message, annotator, as_json):
 
 def _intervene(store: EventStore, run_id: str, message: str, kind: str, target: int | None, seen_version: int | None, annotator: str, as_json: bool) -> None:
     recorded = intervene_run(store, run_id, kind=kind, message=message, annotator=annotator, seen_version=seen_version, target=target)
+    warning = undelivered_warning(store, run_id, kind)
     if as_json:
-        print_json({"run_id": run_id, "version": recorded.version, "position": recorded.position, "kind": kind})
+        print_json({"run_id": run_id, "version": recorded.version, "position": recorded.position, "kind": kind, "warning": warning})
     else:
         click.echo(f"{kind} recorded as {run_id} v{recorded.version}")
+        if warning:
+            click.echo(f"Warning: {warning}", err=True)
 
 
 @click.command()

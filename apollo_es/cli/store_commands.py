@@ -22,6 +22,7 @@ from apollo_es.cli._common import (
     print_ndjson,
     print_table,
     report_moved_fork,
+    statuses,
     stderr_is_tty,
     table,
     with_store,
@@ -65,20 +66,23 @@ def runs(store: EventStore, as_json: bool, as_ndjson: bool) -> None:
         apollo-es runs --db apollo.db --nl | grep finished
     """
     infos = store.streams()
+    status = statuses(store, [info.stream_id for info in infos])
     if as_json or as_ndjson:
         costs = store.costs()
-        rows = [{**msgspec.to_builtins(info), "cost_usd": costs.get(info.stream_id)} for info in infos]
+        rows = [{**msgspec.to_builtins(info), "status": status[info.stream_id], "cost_usd": costs.get(info.stream_id)}
+                for info in infos]
         print_ndjson(rows) if as_ndjson else print_json(rows)
         return
     children: dict[str | None, list] = {}
     for info in infos:
         children.setdefault(info.parent_id, []).append(info)
-    out = table("stream", "fork", "head", "own events", "last event", "at")
+    out = table("stream", "fork", "status", "head", "own events", "last event", "at")
 
     def add(info, depth: int) -> None:
         name = ("  " * depth) + ("└ " if depth else "") + info.stream_id
         fork = f"{info.parent_id}@v{info.fork_version}" if info.parent_id else ""
-        out.add_row(cell(name), cell(fork), cell(info.head), cell(info.own_events), cell(info.last_kind), cell(info.last_recorded_at))
+        out.add_row(cell(name), cell(fork), cell(status[info.stream_id]), cell(info.head), cell(info.own_events),
+                    cell(info.last_kind), cell(info.last_recorded_at))
         for child in children.get(info.stream_id, []):
             add(child, depth + 1)
 

@@ -33,7 +33,7 @@ from starlette.staticfiles import StaticFiles
 
 from apollo_es.console.hub import EventHub
 from apollo_es.errors import ApolloError, ConcurrencyError, StoreBusyError, StreamExistsError, StreamNotFound
-from apollo_es.interventions import intervene
+from apollo_es.interventions import intervene, undelivered_warning
 from apollo_es.models import ModelClient
 from apollo_es.store import EventStore, RecordedEvent
 from apollo_es.tasks import Task
@@ -292,7 +292,9 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
                               seen_version=item.seen_version, target=item.target)
         )
         log.info("%s by %s on %s v%d", item.kind, item.annotator, item.run, recorded.version)
-        return _json({"run": item.run, "version": recorded.version, "position": recorded.position, "kind": item.kind}, status=201)
+        warning = await anyio.to_thread.run_sync(undelivered_warning, store, item.run, item.kind)
+        return _json({"run": item.run, "version": recorded.version, "position": recorded.position, "kind": item.kind,
+                      "warning": warning}, status=201)
 
     async def post_branch(request: Request) -> Response:
         authorize(request, write=True)

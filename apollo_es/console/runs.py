@@ -17,6 +17,7 @@ from apollo_es.store import EventStore, RecordedEvent
 from events import AgentActed, BranchCreated
 from apollo_es.models.prices import spent_usd
 from projections.context import Folder, estimate_tokens
+from projections.status import run_status
 
 __all__ = ["RunSummary", "RunsIndex", "describe_action"]
 
@@ -29,8 +30,7 @@ class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
     parent_id: str | None
     fork_version: int | None
     status: str
-    """`open` (running, or abandoned: see `last_event_at`), `stopping` (a stop is waiting for
-    the agent), or the RunFinished status: finished, stopped, failed, budget_exhausted."""
+    """`projections.status.run_status`: running, idle, stopping, or how the run ended."""
     task_id: str
     task: str
     model: str
@@ -78,13 +78,10 @@ class _Entry:
         if isinstance(recorded.event, AgentActed):
             self.last_action = describe_action(recorded.event)
 
-    def summary(self) -> RunSummary:
+    def summary(self, held: bool) -> RunSummary:
         context = self.folder.context()
         run = context.run
-        if context.finished is not None:
-            status = context.finished.status
-        else:
-            status = "stopping" if context.stopped else "open"
+        status = run_status(context, held)
         waiting = len(context.held_back)
         for message in reversed(context.messages):  # back to the agent's last turn: a few messages
             if message.role == "assistant":
@@ -133,12 +130,14 @@ class RunsIndex:
                 entry.add(recorded)
                 touched[recorded.stream_id] = entry
                 self.position = recorded.position
-            return [entry.summary() for entry in touched.values()]
+            held = self.store.leases() if touched else {}
+            return [entry.summary(entry.stream_id in held) for entry in touched.values()]
 
     def summaries(self, root_id: str | None = None) -> list[RunSummary]:
         """Every stream's row, or those of the tree under `root_id`."""
+        held = self.store.leases()
         with self._lock:
-            return [e.summary() for e in self._entries.values() if root_id is None or e.root_id == root_id]
+            return [e.summary(e.stream_id in held) for e in self._entries.values() if root_id is None or e.root_id == root_id]
 
     def _start(self, first: RecordedEvent) -> _Entry:
         """A stream seen for the first time; a branch begins with its parent's events up to the fork."""

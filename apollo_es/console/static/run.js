@@ -156,12 +156,14 @@
     status.textContent = run.status;
     status.className = `status ${run.status}`;
     // An ended run takes no more messages (the server would refuse them): branch it instead.
-    const ended = !["open", "stopping"].includes(run.status);
+    const ended = !["running", "idle", "stopping"].includes(run.status);
     document.getElementById("send-guidance").disabled = ended;
     document.getElementById("stop-run").disabled = ended;
     document.getElementById("guidance").placeholder = ended
       ? "This run has ended: select a step and branch from it to steer it."
-      : "Guidance for the agent's next step…";
+      : run.status === "idle"
+        ? "No agent is working on this run: guidance is delivered when it resumes."
+        : "Guidance for the agent's next step…";
     const share = run.summary_threshold ? Math.min(1, run.tokens / run.summary_threshold) : 0;
     const fill = document.getElementById("gauge-fill");
     fill.style.width = `${Math.round(share * 100)}%`;
@@ -223,7 +225,8 @@
     try {
       const result = await api("/api/interventions", { method: "POST", body: { run: runId, kind, message, annotator: name, seen_version: head || null } });
       box.value = "";
-      say(`${kind} recorded as v${result.version}`);
+      say(result.warning ? `${kind} recorded as v${result.version}; ${result.warning}` : `${kind} recorded as v${result.version}`,
+          Boolean(result.warning));
     } catch (error) { say(`Not sent — ${error.message}`, true); }
   }
 
@@ -251,7 +254,9 @@
       box.value = "";
       const link = el("a", { href: runLink(result.stream_id) }, result.stream_id);
       say("");
-      document.getElementById("message").append("Branch ", link, ` created at v${result.fork_version}${live ? ", continuing live" : ""}.`);
+      const moved = result.fork_version !== result.requested_version
+        ? ` (after the results of v${result.requested_version})` : "";
+      document.getElementById("message").append("Branch ", link, ` created at v${result.fork_version}${moved}${live ? ", continuing live" : ""}.`);
     } catch (error) { say(`No branch — ${error.message}`, true); }
   }
 
