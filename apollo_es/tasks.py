@@ -147,6 +147,7 @@ def prepare_workspace(task: Task, root: str | Path) -> Path:
         else:
             shutil.copy2(source, target)
     workspace = Workspace(root, sandbox=task.sandbox, max_timeout=3600)
+    workspace.sessions.discard()  # an earlier workspace at this path may have left sessions behind
     for command in task.workspace.setup:
         result = workspace.execute("run_command", {"command": command, "timeout": 3600})
         if result.is_error:

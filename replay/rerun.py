@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -36,11 +37,20 @@ DEFAULT_NORMALIZATIONS: tuple[tuple[str, str], ...] = (
     (r"/tmp/[\w.+-]+(?:/[\w.+-]+)*", "<tmp>"),
     (r"0x[0-9a-fA-F]{6,}", "<addr>"),
     (r"\b\d+(?:\.\d+)?\s?(?:ms|s|sec|seconds)\b", "<duration>"),
+    (r"\b\d+m\d+(?:\.\d+)?s\b", "<duration>"),  # bash's `time`: 0m0.090s
+    (r"(?m)^(real|user|sys)([ \t]+)\d+(?:[.,]\d+)?$", r"\1\2<duration>"),  # `time -p`
+    (r"\b(pid|PID|process)([ =:#]+)\d+\b", r"\1\2<pid>"),
 )
-"""Volatile parts of tool output: timestamps, temporary paths, memory addresses, durations."""
+"""Volatile parts of tool output: timestamps, temporary paths, memory addresses, durations, pids."""
 
 DEFAULT_SKIP_TOOLS = ("check_session_idle",)
 """Tools whose answer depends on timing alone; they run but are not compared."""
+
+SESSION_WAIT_SECONDS = 600.0
+"""How long a re-run waits for a session to end before reading output recorded after its end."""
+
+_SESSION_ENDED = re.compile(r"\[session [^\]\n]*: (?:exited with code -?\d+|killed by kill_session)\]\s*$")
+_SESSION_RUNNING = re.compile(r"\[session [^\]\n]*: running for \d+ s\]\s*$")
 
 
 class Divergence(msgspec.Struct, frozen=True):
@@ -83,8 +93,8 @@ def rerun(
     compared = executed = 0
     for call, expected, actual in _replay(recorded, tools):
         executed += 1
-        if call.name in skip_tools:
-            continue
+        if call.name in skip_tools or _SESSION_RUNNING.search(expected.event.output):
+            continue  # what a running session has printed so far depends on timing alone
         compared += 1
         want = _normalize(expected.event.output, roots, rules)
         got = _normalize(actual.output, roots, rules)
@@ -130,8 +140,10 @@ def _workspace(stream_id: str, recorded: list[RecordedEvent], root: str | Path, 
 def _replay(recorded: list[RecordedEvent], workspace: Workspace) -> Iterator[tuple[ToolCall, RecordedEvent, Observation]]:
     """Each recorded tool call with its recorded observation and a new one from `workspace`.
 
-    Calls whose observation was never recorded (a crash) and calls the agent could not make
-    (malformed arguments) are not executed: the recording has no result to compare with.
+    Calls whose observation was never recorded (a crash), whose result was lost or never
+    produced (a `notice`: the agent died while it ran, or finish came first) and calls the
+    agent could not make (malformed arguments) are not executed: the recording has no result
+    to compare with. Output recorded after a session ended is read after it ends here too.
     """
     observed = {r.event.tool_call_id: r for r in recorded if isinstance(r.event, ToolObserved) and r.event.tool_call_id}
     for item in recorded:
@@ -139,9 +151,19 @@ def _replay(recorded: list[RecordedEvent], workspace: Workspace) -> Iterator[tup
             continue
         for call in item.event.tool_calls:
             expected = observed.get(call.id)
-            if expected is None or call.raw_arguments is not None:
+            if expected is None or call.raw_arguments is not None or expected.event.origin == "notice":
                 continue
+            if call.name == "get_session_output" and _SESSION_ENDED.search(expected.event.output):
+                _wait_for_session_end(workspace, call.arguments.get("session_id", ""))
             yield call, expected, workspace.execute(call.name, call.arguments)
+
+
+def _wait_for_session_end(workspace: Workspace, session_id: str) -> None:
+    deadline = time.monotonic() + SESSION_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if "is running" not in workspace.execute("check_session_idle", {"session_id": session_id}).output:
+            return
+        time.sleep(0.2)
 
 
 def _original_root(recorded: list[RecordedEvent]) -> str:

@@ -337,3 +337,46 @@ def test_a_branch_at_an_action_forks_after_its_results(tmp_path):
     assert raw.exit_code == 0 and "branched after v5" in raw.output
     child = raw.output.strip().splitlines()[-1]
     assert state_at(store, child).context.pending_calls == ()
+
+
+def test_rerun_passes_on_a_run_with_sessions_timings_and_a_lost_result(tmp_path):
+    """What differs between two honest executions (pids, timings, a session still running when
+    read, a result the crashed agent never saw) is normalized or skipped; session output
+    recorded after the session ended is read after it ends."""
+    store = EventStore(tmp_path / "a.db")
+    task = _task(tmp_path)
+    root = prepare_workspace(task, tmp_path / "ws")
+    store.append("run-1", [run_started(task, model="claude-test", provider="anthropic", workspace=root)])
+    finish_then_more = tool_use("finish", {"answer": "7"})  # a second call after finish is never run: a notice
+    finish_then_more["content"].append({"type": "tool_use", "id": "toolu_late", "name": "run_command", "input": {"command": "date"}})
+    server = ScriptedAnthropic([
+        tool_use("create_session", {"command": "sleep 0.5; echo trained; echo pid $$", "name": "train"}),
+        tool_use("get_session_output", {"session_id": "s1"}),  # still running: timing decides what it shows
+        tool_use("run_command", {"command": "sleep 1.5; time -p true"}),
+        tool_use("get_session_output", {"session_id": "s1"}),  # after the end: compared, once it ends
+        finish_then_more,
+    ])
+
+    async def go():
+        client = server.client()
+        await Agent(store, "run-1", client, Workspace(root)).run()
+        await client.aclose()
+
+    anyio.run(go)
+    assert [r.event.origin for r in store.read("run-1") if isinstance(r.event, ToolObserved)][-1] == "notice"
+    outputs = [r.event.output for r in store.read("run-1") if isinstance(r.event, ToolObserved)]
+    assert "running for" in outputs[1] and "exited with code 0" in outputs[3] and "real" in outputs[2]
+    task_file = tmp_path / "task.toml"
+    task_file.write_text('id = "sum"\ndescription = "Sum the numbers in data.txt."\n[workspace]\nfiles = ["src/data.txt"]\n')
+    result = CliRunner().invoke(cli, ["replay", "run-1", "--rerun", "--workspace", str(tmp_path / "again"), "--task",
+                                      str(task_file), "--db", str(tmp_path / "a.db")])
+    assert result.exit_code == 0, result.output
+    # compared: create_session, run_command, the ended session's output, finish; the running
+    # session's output is executed only, the call after finish not even that
+    assert "OK: 4 observations reproduced (5 tool calls executed)" in result.output
+
+
+def test_rerun_on_an_empty_workspace_suggests_the_task(tmp_path):
+    store, _ = _record(tmp_path)
+    result = CliRunner().invoke(cli, ["replay", "run-1", "--rerun", "--workspace", str(tmp_path / "empty"), "--db", str(tmp_path / "a.db")])
+    assert result.exit_code == 1 and "the workspace started empty: pass --task TASK.toml" in result.output

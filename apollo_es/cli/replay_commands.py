@@ -154,6 +154,7 @@ def _rerun(store, run_id, at_version, workspace_dir, task_file, normalize, skip_
         if "=>" not in item:
             raise click.ClickException(f"--normalize {item!r}: write REGEX=>REPLACEMENT")
         patterns.append(tuple(item.split("=>", 1)))
+    started_empty = not task_file and not (Path(workspace_dir).is_dir() and any(Path(workspace_dir).iterdir()))
     root = _prepared(workspace_dir, task_file)
     report = rerun(store, run_id, root, normalizations=[*DEFAULT_NORMALIZATIONS, *patterns],
                    skip_tools=[*DEFAULT_SKIP_TOOLS, *skip_tools], up_to=at_version, allow_imported_commands=allow_imported_commands)
@@ -164,7 +165,9 @@ def _rerun(store, run_id, at_version, workspace_dir, task_file, normalize, skip_
         if not as_json:
             click.echo(f"{d.tool}({d.arguments}) at v{d.version} diverges (exit {d.expected_exit_code} recorded, {d.actual_exit_code} now):")
             click.echo(d.diff)
-        raise click.ClickException(f"rerun of {run_id} diverges at v{d.version} after {report.compared - 1} matching observations")
+        hint = ("; the workspace started empty: pass --task TASK.toml to put the task's files there first"
+                if started_empty and report.compared == 1 else "")
+        raise click.ClickException(f"rerun of {run_id} diverges at v{d.version} after {report.compared - 1} matching observations{hint}")
     if not as_json:
         click.echo(f"OK: {report.compared} observations reproduced ({report.executed} tool calls executed) in {root}")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import re
 import subprocess
 import time
@@ -201,6 +202,12 @@ class Sessions:
                 self._terminate(session)
                 killed.append(session.id)
         return killed
+
+    def discard(self) -> None:
+        """Kill every running session and forget them all: a new workspace at this path starts with none."""
+        self.kill_all()
+        self.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def close(self) -> None:
         """Reap finished supervisors this object started; the sessions themselves keep running."""
