@@ -69,7 +69,7 @@ def serve(host, port, model, provider, base_url, recording, task_file, workspace
 
     can_continue = bool(model) or provider == "recorded"
     if can_continue:
-        anyio.run(continuation_client("").aclose)  # a missing API key or recording fails now, not at the first branch  # a missing API key or recording fails now, not at the first branch
+        anyio.run(continuation_client("").aclose)  # a missing API key or recording fails now, not at the first branch
     rules = RuleSet.load(rules_file) if rules_file else RuleSet.default()
     with open_store(db_path) as store:
         settings = ConsoleSettings(

@@ -31,6 +31,7 @@ from apollo_es.models import RecordedClient
 from apollo_es.store import NO_STREAM, EventStore
 from apollo_es.tasks import Task, load_task, prepare_workspace, run_started
 from apollo_es.tools import SandboxError, Workspace, check_available
+from events import ActionJudged
 from projections.context import fold
 
 __all__ = ["DemoReport", "run_demo"]
@@ -52,6 +53,8 @@ class DemoReport(msgspec.Struct):
     branches: int
     events: int
     masked_by_rule: dict[str, int]
+    verdicts: dict[str, int]
+    """The scripted judge's verdicts: keep and mask counts."""
     samples_by_type: dict[str, int]
     skipped_runs: list[str]
     """Runs the projection could not render, with why."""
@@ -78,14 +81,20 @@ def run_demo(out_dir: Path, say: Callable[[str], None] = print) -> DemoReport:
     imported = import_paths(store, "auto", sorted(p for p in TRAJECTORIES.rglob("*") if p.suffix in (".traj", ".json")))
     say(f"    {len(imported)} files -> {sum(r.added for r in imported)} events")
 
-    say("3/6 applying the rules")
-    from projections.policy import decide
+    say("3/6 judging every action (a scripted stand-in judge) and applying the rules")
+    from apollo_es.demo.judge import DemoJudge
+    from apollo_es.judge import Judge
+    from projections.policy import annotations_for, decide
     from projections.rules import RuleSet
 
+    anyio.run(Judge(store, DemoJudge(), concurrency=2).run)
+    verdicts = Counter(r.event.verdict for r in store.read_all() if isinstance(r.event, ActionJudged))
+    say(f"    verdicts: {', '.join(f'{n} {v}' for v, n in sorted(verdicts.items()))}")
     rules = RuleSet.default()
     masked: Counter[str] = Counter()
     for info in store.streams():
-        for decision in decide(store.read(info.stream_id), rules).values():
+        recorded = store.read(info.stream_id)
+        for decision in decide(recorded, rules, extra=annotations_for(store, recorded)).values():
             if decision.stream_id == info.stream_id:
                 masked.update(reason.name for reason in decision.masked_by)
 
@@ -107,7 +116,7 @@ def run_demo(out_dir: Path, say: Callable[[str], None] = print) -> DemoReport:
     store.close()
     return DemoReport(
         out_dir=str(out_dir), runs=stats["runs"], branches=stats["branches"], events=stats["events"],
-        masked_by_rule=dict(masked.most_common()), samples_by_type=projection.manifest.samples_by_type,
+        masked_by_rule=dict(masked.most_common()), verdicts=dict(verdicts), samples_by_type=projection.manifest.samples_by_type,
         skipped_runs=[f"{skip.stream_id} (v{skip.version}): {skip.reason}" for skip in projection.skipped],
         trained_tokens=projection.manifest.trained_tokens, losses=losses, score=score, branch_score=branch_score,
         paths={"store": str(db), "workspace": str(out_dir / "workspace"), "dataset": str(out_dir / "dataset"),
