@@ -114,6 +114,20 @@ class SandboxSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=F
     """The task's own environment variables, on top of the sandbox's allowlist."""
 
 
+class ObservationWindow(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """How an imported agent elided old observations from its prompts (SWE-agent's
+    `last_n_observations` history processor), so the fold shows what that agent saw.
+
+    Observations are the task message and every tool result or environment message, in
+    order; the first is never elided; of the others, all but the last `keep_last` (counted
+    after rounding the total down to a multiple of `polling`) read `placeholder`, with
+    `{lines}` replaced by the number of lines they had."""
+
+    keep_last: Annotated[int, msgspec.Meta(gt=0)]
+    polling: Annotated[int, msgspec.Meta(gt=0)] = 1
+    placeholder: str = "Old environment output: ({lines} lines omitted)"
+
+
 class RunStarted(_Event):
     task_id: str
     task: str
@@ -140,6 +154,12 @@ class RunStarted(_Event):
     turns it off; False for runs recorded before, so their digests still verify)."""
     sandbox: SandboxSpec | None = None
     """How tool processes were confined; None on runs recorded before sandboxes (and imports)."""
+    demonstrations: list[str] = msgspec.field(default_factory=list)
+    """User messages shown before the task (an imported SWE-agent's demonstrations)."""
+    observation_window: ObservationWindow | None = None
+    """Old observations elided from the context as the imported agent did; None for live runs."""
+    import_notes: list[str] = msgspec.field(default_factory=list)
+    """What an imported run's context does not reproduce of the source's prompts, and why."""
 
 
 class AgentActed(_Event):
@@ -196,6 +216,9 @@ class HumanIntervened(_Event):
     message: str = ""
     seen_version: int | None = None
     target_event_id: str | None = None
+    verbatim: bool = False
+    """Shown to the agent as written, without the real-user tags: an imported agent saw people's
+    messages as plain user turns."""
 
 
 class ContextSummarized(_Event):
@@ -246,7 +269,8 @@ class RunReconfigured(_Event):
 
 
 class RunFinished(_Event):
-    status: Literal["finished", "stopped", "failed", "budget_exhausted"]
+    status: Literal["finished", "stopped", "failed", "budget_exhausted", "imported"]
+    """"imported": the source trajectory ends without saying how the run ended."""
     final_answer: str = ""
     score: float | None = None
     error: str = ""

@@ -5,7 +5,8 @@ version, and the training projection renders samples from it. So what a model is
 on is exactly what an agent in that position saw.
 
 Rules, in event order:
-- `RunStarted` gives the system prompt, the tools and the first user message (the task).
+- `RunStarted` gives the system prompt, the tools and the first user message (the task),
+  after the demonstrations an imported agent was shown, if any.
 - `AgentActed` is an assistant turn (text, reasoning, tool calls); `ToolObserved` a tool
   result, or, without a tool call id, feedback from the environment as a user message (the
   agent answered without calling a tool). A tool result always follows its call: human messages that arrive while a call is
@@ -19,6 +20,9 @@ Rules, in event order:
 - `ActionJudged`, `BranchCreated` and `RunFinished` do not change the messages. `RunFinished`
   sets `finished` until a later action (a resumed run); `BranchCreated` clears `finished` and
   `stopped`, because a branch is a new attempt from that point.
+- An imported run whose `RunStarted.observation_window` is set shows old observations elided
+  the way its source agent did (SWE-agent's `last_n_observations`); a person's message
+  marked `verbatim` is shown without the tags, as the imported agent saw it.
 - `RunReconfigured` changes the run's settings (sampling, caching, output limit, budgets) from
   there on: `context.run` is the `RunStarted` with those fields replaced.
 """
@@ -45,6 +49,7 @@ from events import (
     ToolSpec,
     Usage,
 )
+from events.kinds import ObservationWindow
 
 __all__ = ["HUMAN_TAG", "Context", "Folder", "Message", "estimate_tokens", "fold", "human_text", "message_chars", "summary_text", "with_summary"]
 
@@ -106,7 +111,7 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
 def human_text(event: HumanIntervened) -> str:
     """How a person's message reads in the agent's context."""
     body = f"STOP: {event.message}" if event.kind == "stop" else event.message
-    return f"<{HUMAN_TAG}>\n{body}\n</{HUMAN_TAG}>"
+    return body if event.verbatim else f"<{HUMAN_TAG}>\n{body}\n</{HUMAN_TAG}>"
 
 
 def summary_text(summary: str) -> str:
@@ -147,7 +152,8 @@ class Folder:
         version, added = item.version, []
         if isinstance(event, RunStarted):
             self.run = event
-            added.append(Message(role="user", source="task", version=version, event_id=item.event_id, content=event.task))
+            for text in (*event.demonstrations, event.task):
+                added.append(Message(role="user", source="task", version=version, event_id=item.event_id, content=text))
         elif isinstance(event, AgentActed):
             self.messages.extend(self.held_back)  # defensive: an action never leaves messages held back
             self.held_back = []
@@ -195,11 +201,14 @@ class Folder:
                 self.chars_since += message_chars(message)
 
     def context(self) -> Context:
+        messages = self.messages
+        if self.run is not None and self.run.observation_window is not None:
+            messages = _elide(messages, self.run.observation_window, len(self.run.demonstrations))
         return Context(
             stream_id=self.stream_id,
             version=self.version,
             run=self.run,
-            messages=tuple(self.messages),
+            messages=tuple(messages),
             held_back=tuple(self.held_back),
             pending_calls=tuple(self.pending.values()),
             pending_action_id=self.pending_action_id if self.pending else None,
@@ -241,6 +250,30 @@ def _replace_with_summary(messages: list[Message], event: ContextSummarized, ver
     kept_after = [m for m in messages if m.version > event.replaces_to]
     summary = Message(role="user", source="summary", version=version, event_id=event_id, content=summary_text(event.summary))
     return [*kept_before, summary, *kept_after]
+
+
+def _elide(messages: list[Message], window: ObservationWindow, demonstrations: int) -> list[Message]:
+    """`messages` with old observations replaced as `window` says (an imported agent's own
+    history processing).
+
+    Applied when the context is taken, not when events are added, because whether an
+    observation is old depends on how many came after it. The observations are the task
+    message (not the demonstrations before it) and every tool result or environment message.
+    """
+    observations, task_messages = [], 0
+    for i, message in enumerate(messages):
+        if message.source == "task":
+            task_messages += 1
+            if task_messages == demonstrations + 1:
+                observations.append(i)
+        elif message.source == "tool":
+            observations.append(i)
+    cut = max(0, len(observations) // window.polling * window.polling - window.keep_last)
+    elided = list(messages)
+    for i in observations[1:cut]:  # the first observation is the task: never elided
+        text = window.placeholder.replace("{lines}", str(len(messages[i].content.splitlines())))
+        elided[i] = msgspec.structs.replace(messages[i], content=text)
+    return elided
 
 
 def message_chars(message: Message) -> int:

@@ -33,6 +33,11 @@ def import_command(fmt: str, paths: tuple[str, ...], stream_id: str | None, tags
     it and the reason. Event ids come from the content, so importing a file again adds
     nothing. The store is created if it does not exist.
 
+    Each run's context is what the source agent's model was sent, as far as the file tells:
+    where it recorded its prompts (SWE-agent), they are compared with the replayed context,
+    and what differs (and any other known difference) is printed as a note and kept in the
+    run's RunStarted.import_notes.
+
     Example:
 
     \b
@@ -64,6 +69,8 @@ def import_command(fmt: str, paths: tuple[str, ...], stream_id: str | None, tags
         for s in report.streams:
             origin = f" (branch of {s.parent_id} at v{s.fork_version})" if s.parent_id else ""
             click.echo(f"  {s.stream_id}{origin}: {verb} {s.added} event(s), {s.present} already present")
+            for note in s.notes:
+                click.echo(f"    note: {note}")
         for warning in report.warnings[:SHOWN_WARNINGS]:
             click.echo(f"  warning: {warning}")
         if len(report.warnings) > SHOWN_WARNINGS:

@@ -11,13 +11,17 @@ Formats (`apollo-es import FORMAT PATH...`):
 | `auto` | any of the above, recognised by its name and shape | |
 
 Every importer keeps tool calls, observations, reasoning, model ids and timestamps where the
-source has them, and records `actor=import:<format>`. Each module's docstring lists the
-normalizations between the source conversation and the context fold
-(`projections.context.fold`) of the imported stream; elsewhere the fold at the last step
-reproduces the source's roles, contents and tool calls.
+source has them, and records `actor=import:<format>`. The imported run's context is what the
+source agent's model was sent: tool calls only where the model made them (a free-text agent's
+turns are its text), observations rendered as the source rendered them, the source's history
+processing recorded in `RunStarted` and applied by the fold. Where the source recorded its
+prompts, `importers.fidelity` compares each with the fold at that step; the verdict and every
+known difference are kept in `RunStarted.import_notes` and printed by `apollo-es import`.
+Each module's docstring lists what it maps and what it cannot reproduce.
 
 Importing is atomic per command: every file is parsed and validated into a plan first, and a
-malformed file (bad JSON, wrong types, a node whose parent is missing) raises
+malformed file (bad JSON, wrong types, nesting deeper than 200, a lone surrogate, a node
+whose parent is missing) raises
 `TrajectoryImportError` naming the file, the place in it and the reason, before anything is
 written. Event ids are derived from the content, so importing the same file again adds
 nothing.
@@ -39,6 +43,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from apollo_es.importers import node_log, openai_messages, openhands, swe_agent
+from apollo_es.importers.fidelity import Fidelity, record_notes
 from apollo_es.importers.base import (
     DEFAULT_REAL_USER_TAGS,
     FilePlan,
@@ -56,6 +61,7 @@ __all__ = [
     "DEFAULT_REAL_USER_TAGS",
     "FORMATS",
     "FilePlan",
+    "Fidelity",
     "FileReport",
     "PlannedEvent",
     "StreamPlan",
@@ -130,6 +136,8 @@ def read_trajectory(
     if not Path(path).exists():
         raise TrajectoryImportError(path, "", "no such file or directory")
     plan = FORMATS[fmt](path, stream_id=stream_id, real_user_tags=tuple(real_user_tags))
+    for stream in plan.streams:
+        record_notes(stream)
     plan.assign_ids()
     return plan
 

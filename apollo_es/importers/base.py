@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
@@ -38,16 +39,23 @@ from events import (
     ToolSpec,
     Usage,
 )
+from events.kinds import ObservationWindow
+
+if TYPE_CHECKING:
+    from apollo_es.importers.fidelity import Fidelity
 
 __all__ = [
     "DEFAULT_REAL_USER_TAGS",
     "FilePlan",
     "PlannedEvent",
+    "RecordedPrompt",
     "RunBuilder",
     "Source",
     "StreamPlan",
     "TrajectoryImportError",
+    "count",
     "default_stream_id",
+    "money",
     "parse_arguments",
     "real_user_text",
     "sanitize_stream_id",
@@ -145,23 +153,18 @@ class Source:
         data = self._read_bytes(path)
         try:
             return msgspec.json.decode(data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             pass
-        try:  # slower, but says where the problem is (and accepts NaN/Infinity)
-            return json.loads(data.decode("utf-8", errors="replace"))
-        except json.JSONDecodeError as exc:
-            raise TrajectoryImportError(path, f"line {exc.lineno}, column {exc.colno}", f"not valid JSON: {exc.msg}") from None
+        # slower, but says where the problem is (and accepts NaN/Infinity, which the checks
+        # of numbers then refuse or ignore)
+        return _checked_json(path, "", data.decode("utf-8", errors="replace"))
 
     def load_jsonl(self) -> Iterator[tuple[int, Any]]:
         """(line number, value) of every non-blank line of a JSON-lines file."""
         data = self._read_bytes(self.path).decode("utf-8", errors="replace")
         for number, line in enumerate(data.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                self.fail(f"line {number}, column {exc.colno}", f"not valid JSON: {exc.msg}")
+            if line.strip():
+                yield number, _checked_json(self.path, f"line {number}", line)
 
     def _read_bytes(self, path: Path) -> bytes:
         try:
@@ -170,6 +173,61 @@ class Source:
             raise TrajectoryImportError(path, "", "is a directory, expected a file") from None
         except OSError as exc:
             raise TrajectoryImportError(path, "", f"cannot read: {exc.strerror or exc}") from None
+
+
+MAX_DEPTH = 200
+"""Deeper JSON is refused: no trajectory nests that far, and Python's parser would overflow."""
+
+
+def _checked_json(path: Path, line: str, text: str) -> Any:
+    """`text` parsed; an error names the line and column, a lone surrogate its JSON path."""
+    depth = _max_depth(text)
+    if depth > MAX_DEPTH:
+        raise TrajectoryImportError(path, line, f"nested {depth} levels deep, more than the {MAX_DEPTH} allowed")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"{line}, column {exc.colno}" if line else f"line {exc.lineno}, column {exc.colno}"
+        raise TrajectoryImportError(path, where, f"not valid JSON: {exc.msg}") from None
+    place = _surrogate_place(value, "$")
+    if place is not None:
+        raise TrajectoryImportError(path, f"{line}: {place}" if line else place, "contains a lone surrogate (\\ud800-\\udfff), not text")
+    return value
+
+
+def _max_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects, brackets inside strings aside (an upper
+    bound is enough: it only decides whether the parser may recurse)."""
+    depth = deepest = 0
+    for token in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[{]|[\]}]', text):
+        char = token.group()[0]
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _surrogate_place(value: Any, place: str) -> str | None:
+    """The JSON path of the first string (or key) holding a lone surrogate, or None."""
+    stack = [(value, place)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return where
+        elif isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                if _SURROGATE.search(key):
+                    return where
+                stack.append((child, f"{where}.{key}"))
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in reversed(list(enumerate(item))))
+    return None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -289,6 +347,19 @@ class PlannedEvent:
     """Assigned by `FilePlan.assign_ids`, from the content."""
 
 
+@dataclass(frozen=True)
+class RecordedPrompt:
+    """The messages a source agent sent its model, as the source file recorded them, and the
+    version of the imported stream whose context must equal them."""
+
+    version: int
+    messages: list[tuple[str, str]]
+    """(role, text) in order, the system prompt included."""
+    place: str
+    known_difference: str = ""
+    """Why this prompt cannot be reproduced, when the importer knows (shown with the mismatch)."""
+
+
 @dataclass(eq=False)
 class StreamPlan:
     """One stream to write: a run, or a branch of an earlier stream of the same plan."""
@@ -298,6 +369,12 @@ class StreamPlan:
     parent_id: str | None = None
     fork_version: int | None = None
     reason: str = ""
+    prompts: list[RecordedPrompt] = field(default_factory=list)
+    """The source's own record of what its model was sent, checked by `importers.fidelity`."""
+    notes: list[str] = field(default_factory=list)
+    """What the import cannot reproduce and why; written into `RunStarted.import_notes`."""
+    fidelity: Fidelity | None = None
+    """The comparison of the fold with `prompts`, once `importers.fidelity.record_notes` ran."""
 
     @property
     def first_version(self) -> int:
@@ -315,9 +392,16 @@ class FilePlan:
     warnings: list[str] = field(default_factory=list)
 
     def assign_ids(self) -> None:
-        """Content-derived event ids: uuid5(format, stream id, index, sha256(payload))."""
+        """Content-derived event ids: uuid5(format, stream id, index, sha256(payload)).
+
+        A person's reject or approve names the action it judges by that action's id, known
+        only now: it is filled in from the planned event's `causation` before hashing.
+        """
         for stream in self.streams:
             for index, planned in enumerate(stream.events):
+                event = planned.event
+                if isinstance(event, HumanIntervened) and event.kind in ("reject", "approve") and planned.causation is not None:
+                    planned.event = msgspec.structs.replace(event, target_event_id=planned.causation.event_id)
                 digest = hashlib.sha256(_encoder.encode(planned.event)).hexdigest()
                 planned.event_id = str(uuid.uuid5(_NAMESPACE, f"{self.format}\n{stream.stream_id}\n{index}\n{digest}"))
 
@@ -361,21 +445,24 @@ class RunBuilder:
         return planned
 
     def start(self, *, task_id: str, task: str, system_prompt: str = "", tools: list[ToolSpec] | None = None, model: str = "",
-              provider: str = "", environment: str = "", tags: list[str] | None = None, at: str | None = None, place: str = "") -> PlannedEvent:
+              provider: str = "", environment: str = "", tags: list[str] | None = None, at: str | None = None, place: str = "",
+              sampling: dict[str, Any] | None = None, demonstrations: list[str] | None = None,
+              observation_window: ObservationWindow | None = None) -> PlannedEvent:
         self.model = self.model or model
         return self.add(
             RunStarted(task_id=task_id, task=task, system_prompt=system_prompt, tools=tools or [], model=model, provider=provider,
-                       environment=environment, tags=tags or []),
+                       environment=environment, tags=tags or [], sampling=sampling or {}, demonstrations=demonstrations or [],
+                       observation_window=observation_window),
             at, place=place,
         )
 
     def act(self, *, text: str = "", reasoning: str = "", tool_calls: list[ToolCall] | None = None, model: str | None = None,
             stop_reason: str = "", usage: Usage | None = None, latency_ms: float = 0.0, at: str | None = None,
-            place: str = "", reasoning_signature: str = "") -> PlannedEvent:
+            place: str = "", reasoning_signature: str = "", cost_usd: float | None = None) -> PlannedEvent:
         calls = list(tool_calls or [])
         action = self.add(
             AgentActed(model=model or self.model, text=text, reasoning=reasoning, reasoning_signature=reasoning_signature,
-                       tool_calls=calls, stop_reason=stop_reason, usage=usage or Usage(), latency_ms=latency_ms),
+                       tool_calls=calls, stop_reason=stop_reason, usage=usage or Usage(), latency_ms=latency_ms, cost_usd=cost_usd),
             at, place=place,
         )
         self.pending = {call.id: (action, call.name) for call in calls}
@@ -405,9 +492,16 @@ class RunBuilder:
         return self.add(ToolObserved(tool_call_id="", output=text, is_error=is_error, exit_code=exit_code), at,
                         causation=self.last_action, place=place)
 
-    def human(self, message: str, *, at: str | None = None, place: str = "", annotator: str | None = None) -> PlannedEvent:
+    def human(self, message: str, *, at: str | None = None, place: str = "", annotator: str | None = None,
+              verbatim: bool = False) -> PlannedEvent:
+        """A person's message; `verbatim` when the source agent saw it as a plain user turn."""
         return self.add(HumanIntervened(annotator=annotator or self.annotator, kind="guidance", message=message,
-                                        seen_version=self.head_version or None), at, place=place)
+                                        seen_version=self.head_version or None, verbatim=verbatim), at, place=place)
+
+    def reject(self, action: PlannedEvent, message: str, *, at: str | None = None, place: str = "") -> PlannedEvent:
+        """A person refused `action` in the source (OpenHands' user_rejected): masked for training."""
+        return self.add(HumanIntervened(annotator=self.annotator, kind="reject", message=message,
+                                        seen_version=self.head_version or None), at, causation=action, place=place)
 
     def user(self, text: str, *, at: str | None = None, place: str = "") -> PlannedEvent:
         """A user message after the task: a person's if wrapped in a real-user tag, else the environment's."""
@@ -424,6 +518,25 @@ class RunBuilder:
     def finish(self, status: str, *, final_answer: str = "", error: str = "", at: str | None = None, place: str = "") -> PlannedEvent:
         return self.add(RunFinished(status=status, final_answer=final_answer, error=error), at, place=place)
 
+    def finish_unless_finished(self) -> None:
+        """End a source that does not say how it ended with status `imported`, so it is not listed as open."""
+        if not self.stream.events or not isinstance(self.stream.events[-1].event, RunFinished):
+            self.finish("imported")
+
+
+def count(value: Any) -> int | None:
+    """A token or call count from a source file: a finite number from 0 to 2**53, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return int(value) if 0 <= value <= 2**53 else None
+
+
+def money(value: Any) -> float | None:
+    """A cost in dollars from a source file: a finite, non-negative number, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
+
 
 def openai_usage(raw: Any) -> Usage:
     """Usage from an OpenAI-style (or litellm/Anthropic-flavoured) `usage` object; zeros if absent."""
@@ -433,9 +546,9 @@ def openai_usage(raw: Any) -> Usage:
     def number(*keys: str, within: dict | None = None) -> int:
         source = raw if within is None else within
         for key in keys:
-            value = source.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return int(value)
+            value = count(source.get(key))
+            if value is not None:
+                return value
         return 0
 
     details = raw.get("prompt_tokens_details") if isinstance(raw.get("prompt_tokens_details"), dict) else {}

@@ -26,14 +26,23 @@ Mapping:
 - `condensation` with a `summary`: a `ContextSummarized` replacing the forgotten events.
 Event timestamps become `recorded_at`.
 
-Normalizations (the fold equals OpenHands' conversation except for these):
-- later user messages are shown in apollo-es's `<real_user_message>` tags;
-- tool results are the observation's `content` as stored; OpenHands adds the exit code and
-  working directory when it renders a command's result, which the import keeps in
-  `exit_code` instead;
-- agent-state changes, `recall` actions and observations (microagent knowledge) and `null`
-  events are not part of the context and are skipped; a condensation without a summary is
-  skipped (the fold keeps the forgotten events).
+- `user_rejected`: the rejection message as the model saw it, then a `HumanIntervened`
+  `reject` of the action it answers (a person said no: the action is masked for training);
+- a source without `finish`/`reject`: `RunFinished(imported)`.
+
+What the model was sent (OpenHands' conversation memory), reproduced by the fold:
+- later user messages are plain user turns (`HumanIntervened(verbatim=True)`);
+- a command's result reads as `CmdOutputObservation.to_agent_observation` renders it (prefix,
+  output, suffix, working directory, interpreter, exit code; a command the user ran says so);
+  an `error` ends with "[Error occurred in processing last action]", a `user_rejected` is
+  framed as OpenHands frames it; other observations go as stored (`content`);
+- agent-state changes, `recall` actions and observations (microagent knowledge),
+  `loop_detection` (handled inside OpenHands, never shown to the model) and `null` events are
+  skipped; a condensation without a summary is skipped (the fold keeps the forgotten events).
+Not reproduced: OpenHands' `max_message_chars` truncation (the limit is not in the file),
+recalled microagent knowledge, and renderings that changed between OpenHands versions (the
+files do not record theirs; file edits read as stored). OpenHands files record no prompts, so
+no step is compared.
 """
 
 from __future__ import annotations
@@ -60,7 +69,9 @@ from events import ToolCall
 FORMAT = "openhands"
 
 SKIP_ACTIONS = frozenset({"change_agent_state", "null", "recall"})
-SKIP_OBSERVATIONS = frozenset({"agent_state_changed", "null", "recall"})
+SKIP_OBSERVATIONS = frozenset({"agent_state_changed", "null", "recall", "loop_detection"})
+"""Observations OpenHands never sends to the model."""
+COMMAND_METADATA_TEXT = ("prefix", "suffix", "working_dir", "py_interpreter_path")
 BOOKKEEPING_ARGS = frozenset({"thought", "impl_source", "translated_ipython_code", "confirmation_state", "security_risk", "hidden"})
 
 
@@ -133,7 +144,11 @@ class _Run:
             else:
                 self._observation(where, item)
             if run.next_version > first_version:
-                self.versions_of_event[item.get("id")] = list(range(first_version, run.next_version))
+                self.versions_of_event[_key(item.get("id"))] = list(range(first_version, run.next_version))
+        run.finish_unless_finished()
+        self.stream.notes.append(
+            "OpenHands records no prompts, so none is compared; observations are rendered by OpenHands' current "
+            "conversation-memory rules, without its max_message_chars truncation or recalled microagent knowledge")
         return self.stream
 
     def _preamble(self) -> tuple[str, list, int | None, str]:
@@ -171,7 +186,7 @@ class _Run:
         if kind in SKIP_ACTIONS or kind == "system":
             return
         if kind == "message" and item.get("source") == "user":
-            run.human(self._message_text(where, item), at=at, place=where)
+            run.human(self._message_text(where, item), at=at, place=where, verbatim=True)
             return
         if kind == "condensation":
             self._condensation(where, item, args, at)
@@ -185,7 +200,7 @@ class _Run:
                 self._act_from_response(f"{where}.tool_call_metadata.model_response", response, item, at)
                 self.last_response_id = response_id
             if isinstance(metadata.get("tool_call_id"), str):
-                self.call_of_event[item.get("id")] = metadata["tool_call_id"]
+                self._remember_call(item, metadata["tool_call_id"])
         elif kind == "message":
             run.act(text=self._message_text(where, item), at=at, place=where)
             self.last_response_id = None
@@ -197,7 +212,7 @@ class _Run:
             name = (metadata or {}).get("function_name")
             name = name if isinstance(name, str) and name else kind
             run.act(text=thought, tool_calls=[ToolCall(id=call_id, name=name, arguments=arguments)], at=at, place=where)
-            self.call_of_event[item.get("id")] = call_id
+            self._remember_call(item, call_id)
             self.last_response_id = None
         if kind == "finish":
             answer = args.get("final_thought") or args.get("message") or args.get("thought") or ""
@@ -206,6 +221,11 @@ class _Run:
             outputs = args.get("outputs") if isinstance(args.get("outputs"), dict) else {}
             reason = outputs.get("reason") or args.get("reason") or args.get("thought") or ""
             run.finish("failed", final_answer=str(reason), error="the agent rejected the task", at=at, place=where)
+
+    def _remember_call(self, item: dict, call_id: str) -> None:
+        """So an observation whose `cause` names this action answers its call."""
+        if _key(item.get("id")) is not None:
+            self.call_of_event[_key(item["id"])] = call_id
 
     def _act_from_response(self, where: str, response: dict, item: dict, at: str | None) -> None:
         src = self.src
@@ -244,32 +264,77 @@ class _Run:
         exit_code = extras.get("exit_code")
         if isinstance(extras.get("metadata"), dict) and "exit_code" in extras["metadata"]:
             exit_code = extras["metadata"]["exit_code"]
+        if kind == "run" and isinstance(extras.get("metadata"), dict):
+            _check_strings(src, extras["metadata"], COMMAND_METADATA_TEXT, f"{where}.extras.metadata")
         exit_code = exit_code if isinstance(exit_code, int) and not isinstance(exit_code, bool) else None
-        is_error = kind == "error" or (exit_code is not None and exit_code > 0) or extras.get("error") is True
+        is_error = kind in ("error", "user_rejected") or (exit_code is not None and exit_code > 0) or extras.get("error") is True
         metadata = item.get("tool_call_metadata")
         call_id, tool_name = None, ""
         if isinstance(metadata, dict) and isinstance(metadata.get("tool_call_id"), str):
             call_id = metadata["tool_call_id"]
             tool_name = metadata.get("function_name") if isinstance(metadata.get("function_name"), str) else ""
-        elif item.get("cause") in self.call_of_event:
-            call_id = self.call_of_event[item["cause"]]
+        elif _key(item.get("cause")) is not None:
+            call_id = self.call_of_event.get(_key(item["cause"]))
+        output = agent_observation(kind, output, extras, by_user=not isinstance(metadata, dict))
+        pending = run.pending.get(call_id) if call_id is not None else None
         if call_id is not None:
             run.observe(output, call_id=call_id, tool_name=tool_name, is_error=is_error, exit_code=exit_code, at=at,
                         place=where, rebind=False)
         elif output:
             run.environment(output, at=at, place=where, is_error=is_error, exit_code=exit_code)
+        rejected = pending[0] if pending is not None else run.last_action
+        if kind == "user_rejected" and rejected is not None:
+            run.reject(rejected, src.field(item, "content", str, where, default=""), at=at, place=where)
 
     def _condensation(self, where: str, item: dict, args: dict, at: str | None) -> None:
         summary = args.get("summary")
         if not isinstance(summary, str) or not summary:
             return
         forgotten = args.get("forgotten_event_ids")
-        if not isinstance(forgotten, list):
+        if isinstance(forgotten, list):
+            forgotten = [_key(event_id) for event_id in forgotten]
+        else:
             start, end = args.get("forgotten_events_start_id"), args.get("forgotten_events_end_id")
-            forgotten = list(range(start, end + 1)) if isinstance(start, int) and isinstance(end, int) else []
+            inside = isinstance(start, int) and isinstance(end, int)
+            forgotten = [k for k in self.versions_of_event if inside and isinstance(k, int) and start <= k <= end]
         versions = [v for event_id in forgotten for v in self.versions_of_event.get(event_id, [])]
         if versions:
             self.run.summarize(summary, replaces_from=min(versions), replaces_to=max(versions), at=at, place=where)
+
+
+def agent_observation(kind: str, content: str, extras: dict, *, by_user: bool) -> str:
+    """An observation's text as OpenHands' conversation memory sends it to the model.
+
+    A command's result gets `CmdOutputObservation.to_agent_observation`'s additions (prefix,
+    suffix, working directory, interpreter, exit code; from a command the user ran, a line
+    saying so); an error and a user's rejection their markers; other kinds go as stored.
+    """
+    if kind == "run":
+        metadata = extras.get("metadata") if isinstance(extras.get("metadata"), dict) else {}
+        text = f"{metadata.get('prefix') or ''}{content}{metadata.get('suffix') or ''}"
+        if metadata.get("working_dir"):
+            text += f"\n[Current working directory: {metadata['working_dir']}]"
+        if metadata.get("py_interpreter_path"):
+            text += f"\n[Python interpreter: {metadata['py_interpreter_path']}]"
+        exit_code = metadata.get("exit_code", extras.get("exit_code", -1))
+        if isinstance(exit_code, int) and not isinstance(exit_code, bool) and exit_code != -1:
+            text += f"\n[Command finished with exit code {exit_code}]"
+        return f"\nObserved result of command executed by user:\n{text}" if by_user else text
+    if kind == "error":
+        return f"{content}\n[Error occurred in processing last action]"
+    if kind == "user_rejected":
+        return f"OBSERVATION:\n{content}\n[Last action has been rejected by the user]"
+    return content
+
+
+def _check_strings(src: Source, obj: dict, keys: tuple[str, ...], place: str) -> None:
+    for key in keys:
+        src.field(obj, key, str, place)
+
+
+def _key(value: Any) -> Any:
+    """An event id usable as a key: a number or text; anything else names no event."""
+    return value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
 
 
 def _response(item: dict) -> dict | None:

@@ -29,6 +29,11 @@ class StreamReport(msgspec.Struct, kw_only=True):
     events: int
     added: int = 0
     present: int = 0
+    prompts_compared: int = 0
+    """Steps whose prompt the source recorded; `prompts_identical` of them the fold reproduces."""
+    prompts_identical: int = 0
+    notes: list[str] = msgspec.field(default_factory=list)
+    """The run's `import_notes`: what its context does not reproduce of the source, and why."""
 
 
 class FileReport(msgspec.Struct, kw_only=True):
@@ -126,6 +131,9 @@ def write_plans(
             report.streams.append(StreamReport(
                 stream_id=stream.stream_id, parent_id=stream.parent_id, fork_version=stream.fork_version,
                 events=len(stream.events), added=len(fresh), present=state.present,
+                prompts_compared=stream.fidelity.compared if stream.fidelity else 0,
+                prompts_identical=stream.fidelity.identical if stream.fidelity else 0,
+                notes=_notes(stream),
             ))
             report.added += len(fresh)
             report.present += state.present
@@ -134,6 +142,11 @@ def write_plans(
                 progress(done, total)
         reports.append(report)
     return reports
+
+
+def _notes(stream: StreamPlan) -> list[str]:
+    first = stream.events[0].event if stream.events else None
+    return list(first.import_notes) if isinstance(first, events.RunStarted) else []
 
 
 def _write_stream(store: EventStore, stream: StreamPlan, state: _State, fresh: list, actor: str) -> None:
