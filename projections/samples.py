@@ -6,6 +6,10 @@ A stream (run or branch, over its own lineage) yields:
 - one summarization sample per `ContextSummarized`: the summarization request rebuilt from
   the log (projections.summarization) and the summary as the assistant's answer.
 
+A run whose fold rewrites earlier observations as it goes on (an imported SWE-agent run
+with `last_n_observations`: `RunStarted.observation_window`) instead gets one ReAct sample
+per action, the context it was given followed by the action.
+
 Which assistant turns are trained: an action is trained once, in the first segment of the
 stream that recorded it (a branch does not train again what it inherits; a turn kept
 verbatim across a summary is not trained twice), and only if the decision policy keeps it.
@@ -20,7 +24,7 @@ from typing import Any, Literal
 import msgspec
 
 from apollo_es.store import RecordedEvent
-from events import ContextSummarized
+from events import AgentActed, ContextSummarized
 from projections.context import Context, Folder, Message
 from projections.summarization import summarization_context, summary_problem
 
@@ -49,20 +53,30 @@ def stream_samples(stream_id: str, recorded: Sequence[RecordedEvent], keep: Call
     for item in recorded:
         if isinstance(item.event, ContextSummarized):
             context = folder.context()
-            react = _react(stream_id, segment, context, owners, keep, trained)
+            react = _react(stream_id, f"{segment}", context, owners, keep, trained)
             if react is not None:
                 samples.append(react)
             segment += 1
             if item.stream_id == stream_id and summary_problem(item.event.summary, prompt_id=item.event.prompt_id) is None:
                 samples.append(_summary(stream_id, item, context))
+        if isinstance(item.event, AgentActed) and folder.run is not None and folder.run.observation_window is not None:
+            # The fold rewrites earlier observations as the run goes on (an imported agent's
+            # history processing), so each action is trained after the context it was given.
+            before = folder.context()
+            folder.add(item)
+            own = msgspec.structs.replace(before, messages=(*before.messages, folder.context().messages[-1]))
+            react = _react(stream_id, f"{segment}.v{item.version}", own, owners, keep, trained)
+            if react is not None:
+                samples.append(react)
+            continue
         folder.add(item)
-    react = _react(stream_id, segment, folder.context(), owners, keep, trained)
+    react = _react(stream_id, f"{segment}", folder.context(), owners, keep, trained)
     if react is not None:
         samples.append(react)
     return samples
 
 
-def _react(stream_id, segment, context: Context, owners: dict[str, str], keep, trained: set[str]) -> SampleSpec | None:
+def _react(stream_id, segment: str, context: Context, owners: dict[str, str], keep, trained: set[str]) -> SampleSpec | None:
     flags = []
     for message in context.messages:
         if message.role != "assistant":

@@ -151,3 +151,24 @@ def test_openhands_observations_as_the_model_saw_them_and_rejections(store, tmp_
         ("user", "Stop there."),
     ]
     assert recorded[-1].event.status == "imported"
+
+
+def test_each_turn_of_a_windowed_run_is_trained_after_the_prompt_it_was_given(store):
+    """The fold elides old observations as the run goes on, so a segment's final context is not
+    what its early turns were given: each turn gets its own sample, after its own prompt."""
+    from projections.samples import to_chat
+
+    [report] = import_paths(store, "swe-agent", [STEP_MESSAGES])
+    stream_id = report.streams[0].stream_id
+    samples = [s for s in stream_samples(stream_id, store.read(stream_id), lambda _: True) if s.type == "react"]
+    assert all(s.train == [False] * (len(s.train) - 1) + [True] for s in samples)
+    prompts = {json.dumps(s.messages[:-1]) for s in samples}
+    answered = {r.version - 1 for r in store.read(stream_id) if isinstance(r.event, AgentActed)}
+    plan = read_trajectory("swe-agent", STEP_MESSAGES)
+    checked = 0
+    for recorded in plan.streams[0].prompts:
+        if recorded.version in answered:  # the file's last prompt was never answered
+            given, _ = to_chat(state_at(store, stream_id, recorded.version).context)
+            assert json.dumps(given) in prompts
+            checked += 1
+    assert checked == 12
