@@ -34,6 +34,7 @@ import msgspec
 import events
 from apollo_es import errors
 from apollo_es.errors import ConcurrencyError, StoreError, StreamNotFound
+from apollo_es.invariants import event_problem, identifier_problem, placement_problem
 from apollo_es.schema import SCHEMA_SQL, STORE_FORMAT
 from apollo_es.wal import BACKSTOP_PAGES, DEFAULT_EVERY_BYTES, WalCheckpointer
 from events import BranchCreated, Event
@@ -52,7 +53,7 @@ __all__ = [
 GENESIS_HASH = "0" * 64
 DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 _STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:~@/+=-]{0,199}")
-_ACTOR = re.compile(r"agent|system|(human|judge|import):[^\s].{0,199}")
+_ACTOR = re.compile(r"agent|system|(human|judge|import):[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]{0,199}")
 _COLUMNS = (
     "position, stream_id, version, event_id, kind, schema, recorded_at, actor, causation_id, payload, prev_hash, hash"
 )
@@ -379,6 +380,10 @@ class EventStore:
                 actual = self._head_or_zero(conn, stream_id)
                 exists = actual > 0
                 _check_expected(stream_id, expected_version, actual, exists)
+                fork = self._fork_version(conn, stream_id) if exists else None
+                for offset, p in enumerate(fresh, 1):
+                    if problem := placement_problem(p.event, actual + offset, fork):
+                        raise errors.InvalidEventError(f"{p.kind} at {stream_id!r} v{actual + offset}: {problem}")
                 if not exists:
                     conn.execute(
                         "INSERT INTO streams (stream_id, parent_id, fork_version, created_at) VALUES (?, NULL, NULL, ?)",
@@ -453,6 +458,9 @@ class EventStore:
                 for name, value in (("causation_id", causation_id), ("recorded_at", recorded_at)):
                     if value is not None and not isinstance(value, str):
                         raise errors.InvalidEventError(f"{name} must be a string or None, got {value!r}")
+                for name, value in (("event id", event_id), ("causation_id", causation_id)):
+                    if problem := identifier_problem(name, value):
+                        raise errors.InvalidEventError(problem)
             else:
                 event, event_id, actor, causation_id, recorded_at = item, None, None, None, None
             try:
@@ -460,6 +468,8 @@ class EventStore:
                 kind = decoded.__class__.__name__
             except events.EventError as exc:
                 raise errors.InvalidEventError(str(exc)) from exc
+            if problem := event_problem(decoded):
+                raise errors.InvalidEventError(f"{kind}: {problem}")
             if len(payload) > self.max_payload_bytes:
                 raise errors.PayloadTooLarge(
                     f"{kind} payload is {len(payload):,} bytes, over the limit of {self.max_payload_bytes:,}"
@@ -785,6 +795,11 @@ class EventStore:
         self._lineages[stream_id] = lineage
         return lineage
 
+    @staticmethod
+    def _fork_version(conn: sqlite3.Connection, stream_id: str) -> int | None:
+        row = conn.execute("SELECT fork_version FROM streams WHERE stream_id = ?", (stream_id,)).fetchone()
+        return row[0] if row else None
+
     def _head_or_zero(self, conn: sqlite3.Connection, stream_id: str) -> int:
         row = conn.execute(
             """
@@ -888,7 +903,7 @@ def _row_problem(
     if parent is not None and version == fork + 1:
         if not isinstance(event, BranchCreated) or (event.parent_stream, event.fork_version) != (parent, fork):
             return f"branch {stream_id!r} does not start with a BranchCreated matching its parent and fork"
-    return ""
+    return placement_problem(event, version, fork) or event_problem(event) or identifier_problem("actor", row[7])
 
 
 def _check_stream_id(stream_id: str) -> None:

@@ -133,11 +133,11 @@ def one_of_each_kind() -> list[Event]:
 def make_event(i: int, kind: str | None = None) -> Event:
     """A small deterministic event numbered `i`; `kind` picks the kind, else it cycles.
 
-    BranchCreated is left out of the cycle (the store writes those itself); ask for it
-    explicitly if needed. Every event's content depends on `i`, so two events with
-    different numbers never compare equal.
+    BranchCreated and RunStarted are left out of the cycle (the store takes them only as a
+    branch's or a run's first event); ask for them explicitly if needed. Every event's content
+    depends on `i`, so two events with different numbers never compare equal.
     """
-    kinds = ("AgentActed", "ToolObserved", "HumanIntervened", "ActionJudged", "ContextSummarized", "RunStarted", "RunFinished")
+    kinds = ("AgentActed", "ToolObserved", "HumanIntervened", "ActionJudged", "ContextSummarized", "RunReconfigured", "RunFinished")
     kind = kind or kinds[i % len(kinds)]
     if kind == "RunStarted":
         return RunStarted(task_id=f"task-{i}", task=f"task number {i}")

@@ -192,7 +192,8 @@ def test_demo_runs_the_whole_pipeline_offline(tmp_path):
     report = json.loads(result.output)
     assert report["runs"] == 6 and report["branches"] == 1
     assert report["score"] == 0.9867 and report["branch_score"] == 0.9933
-    assert report["masked_by_rule"] == {"error_observation": 2}
+    assert report["masked_by_rule"] == {"error_observation": 2, "demo-scripted-judge@judge-v1": 12}
+    assert report["verdicts"] == {"keep": 57, "mask": 12}  # the scripted judge, so verdicts show offline
     assert report["samples_by_type"]["summary"] == 1 and report["samples_by_type"]["react"] >= 6
     assert len(report["losses"]) == 6 and report["losses"][-1] < report["losses"][0]
     with EventStore(out / "apollo.db") as store:
