@@ -350,9 +350,9 @@ def test_rerun_passes_on_a_run_with_sessions_timings_and_a_lost_result(tmp_path)
     finish_then_more = tool_use("finish", {"answer": "7"})  # a second call after finish is never run: a notice
     finish_then_more["content"].append({"type": "tool_use", "id": "toolu_late", "name": "run_command", "input": {"command": "date"}})
     server = ScriptedAnthropic([
-        tool_use("create_session", {"command": "sleep 0.5; echo trained; echo pid $$", "name": "train"}),
+        tool_use("create_session", {"command": "sleep 1; echo trained; echo pid $$", "name": "train"}),
         tool_use("get_session_output", {"session_id": "s1"}),  # still running: timing decides what it shows
-        tool_use("run_command", {"command": "sleep 1.5; time -p true"}),
+        tool_use("run_command", {"command": "sleep 2; time -p true"}),
         tool_use("get_session_output", {"session_id": "s1"}),  # after the end: compared, once it ends
         finish_then_more,
     ])

@@ -35,7 +35,10 @@ from apollo_es.tools.specs import ToolError
 __all__ = ["Sessions"]
 
 _SESSION_ID = re.compile(r"s[1-9][0-9]*")
-_SUPERVISOR = 'exit_file=$1; shift; "$@"; echo $? > "$exit_file.tmp" && mv "$exit_file.tmp" "$exit_file"'
+_SUPERVISOR = 'exit_file=$1; shift; "$@"; echo $? > "$exit_file.tmp" && mv "$exit_file.tmp" "$exit_file"; exit 0'
+"""The trailing `exit` keeps `mv` from being the script's last command, which dash would exec in
+place of the shell: for that moment the supervisor's command line would not be ours, and a
+session read then looked killed from outside, with no exit code yet."""
 
 
 @dataclass(frozen=True)
