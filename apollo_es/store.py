@@ -19,6 +19,7 @@ import functools
 import hashlib
 import re
 import sqlite3
+import contextlib
 import os
 import threading
 import time
@@ -135,6 +136,10 @@ class VerifyReport(msgspec.Struct, frozen=True):
     events_checked: int
     first_bad_position: int | None = None
     reason: str = ""
+    corruption: bool = False
+    """SQLite itself found the file damaged (`integrity_check`, or an index that disagrees with
+    its table): reads may return wrong data, whatever the chain says."""
+    anchors_checked: int = 0
 
 
 class _Prepared(msgspec.Struct, frozen=True):
@@ -257,19 +262,30 @@ class EventStore:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         synchronous: str = "NORMAL",
         checkpoint_every: int | None = DEFAULT_EVERY_BYTES,
+        read_only: bool = False,
     ) -> None:
         """`checkpoint_every`: bytes written to the WAL (payloads, plus the pages every commit
         rewrites) between checkpoints run on a background thread (see `apollo_es.wal`); None
-        leaves them all to the commits that cross SQLite's `wal_autocheckpoint`."""
+        leaves them all to the commits that cross SQLite's `wal_autocheckpoint`.
+
+        `read_only` opens an existing store without changing anything in the file (no schema
+        upgrade, no journal mode switch; SQLite refuses writes). A file that is an SQLite
+        database but not an apollo-es store is refused either way, never converted. A store
+        file this call created is removed again if setting it up fails (a full disk)."""
         if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = str(path)
         self.max_payload_bytes = max_payload_bytes
+        self.read_only = read_only
         self._lock = threading.RLock()
         self._lineages: dict[str, tuple[_Segment, ...]] = {}
+        in_memory = self.path == ":memory:"
+        if read_only and (in_memory or not os.path.isfile(self.path)):
+            raise StoreError(f"no store at {self.path}")
+        created = not in_memory and not os.path.exists(self.path)
         self._wal = (
             WalCheckpointer(self.path, synchronous=synchronous.upper(), every_bytes=checkpoint_every)
-            if self.path != ":memory:" and checkpoint_every is not None
+            if not in_memory and checkpoint_every is not None and not read_only
             else None
         )
         # A store dropped without close() still stops its thread (which holds a connection).
@@ -280,8 +296,24 @@ class EventStore:
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
+        try:
+            self._set_up(busy_timeout, synchronous.upper())
+        except BaseException:
+            self.close()
+            if created:
+                for suffix in ("", "-wal", "-shm"):
+                    with contextlib.suppress(OSError):
+                        os.remove(self.path + suffix)
+            raise
+
+    def _set_up(self, busy_timeout: float, synchronous: str) -> None:
         with self._translate_errors():
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            self._check_is_store()
+            if self.read_only:
+                self._conn.execute("PRAGMA query_only = ON")
+                self._page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+                return
             # Events are 1-4 KB: 16 KB pages hold several, so a batch writes fewer WAL frames and
             # checkpoints fewer pages than on 4 or 8 KB pages, while the few pages every commit
             # rewrites (index leaves, the last table leaf, their parents) stay small; 32 KB pages
@@ -298,11 +330,24 @@ class EventStore:
             self._conn.execute("PRAGMA temp_store = MEMORY")
             if self.path != ":memory:":
                 self._conn.execute("PRAGMA journal_mode = WAL")
-            if self._wal is not None and synchronous.upper() in {"OFF", "NORMAL"}:
+            if self._wal is not None and synchronous in {"OFF", "NORMAL"}:
                 self._conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
-            self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            self._conn.execute(f"PRAGMA synchronous = {synchronous}")
             self._create_schema()
             self._page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+
+    def _check_is_store(self) -> None:
+        """StoreError unless the file is empty or an apollo-es store (its `meta` names a format)."""
+        tables = {name for (name,) in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            if self.read_only:
+                raise StoreError(f"{self.path} is not an apollo-es store (it is empty)")
+            return
+        found = self._conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() if "meta" in tables else None
+        if found is None:
+            shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+            raise StoreError(f"{self.path} is an SQLite database but not an apollo-es store (tables: {shown}); "
+                             "nothing was changed in it")
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -691,6 +736,8 @@ class EventStore:
     def leases(self) -> dict[str, Lease]:
         """The leases not yet run out, by stream."""
         with self._lock, self._translate_errors():
+            if self.read_only and not self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'leases'").fetchone():
+                return {}  # a store from before leases, opened without upgrading it
             rows = self._conn.execute("SELECT stream_id, holder, expires_at FROM leases WHERE expires_at > ?", (time.time(),))
             return {row[0]: Lease(stream_id=row[0], holder=row[1], expires_at=row[2]) for row in rows}
 
@@ -701,14 +748,77 @@ class EventStore:
 
     # -- integrity -------------------------------------------------------------------
 
-    def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
-        """Walk the whole log and report the first row that breaks the chain or the stream rules.
+    def verify(
+        self,
+        progress: Callable[[int], None] | None = None,
+        *,
+        anchors: Sequence[tuple[str, int]] = (),
+        fast: bool = False,
+    ) -> VerifyReport:
+        """Check the file, then walk the whole log and report the first row that breaks the
+        chain or the stream rules, then check the anchors.
 
-        Catches edits made around the triggers (a changed byte anywhere in a row), deleted
-        or reordered rows, version gaps, and branch rows that disagree with their
-        `BranchCreated` event. Truncating the newest rows leaves a valid chain; compare
-        `stats()`'s head hash with one kept elsewhere to catch that.
+        1. SQLite's `integrity_check` (`quick_check` with `fast`: no index-content check): a
+           damaged page or index can make reads return wrong data with every row intact.
+        2. The walk catches edits made around the triggers (a changed byte anywhere in a
+           row), deleted or reordered rows, version gaps, rows that break the placement and
+           identifier rules, and branch rows that disagree with their `BranchCreated`.
+        3. Each stream read through its `(stream_id, version)` index must give what the walk
+           counted, as `read` would.
+        4. `anchors`: (hash, position) pairs kept elsewhere (`stats()` gives the head's). The
+           row at each position must still have that hash: the log still extends what was
+           anchored, which catches deleted newest rows and a chain re-hashed after an edit.
         """
+        damage = self._sqlite_check("quick_check" if fast else "integrity_check")
+        if damage:
+            return VerifyReport(ok=False, events_checked=0, reason=f"SQLite reports the file damaged: {damage}",
+                                corruption=True)
+        report = self._walk(progress)
+        if not report.ok:
+            return report
+        index_problem = self._index_problem(report.events_checked)
+        if index_problem:
+            return msgspec.structs.replace(report, ok=False, reason=index_problem, corruption=True)
+        for anchored_hash, position in anchors:
+            problem = self._anchor_problem(anchored_hash, position)
+            if problem:
+                return msgspec.structs.replace(report, ok=False, first_bad_position=position, reason=problem)
+        return msgspec.structs.replace(report, anchors_checked=len(anchors))
+
+    def _sqlite_check(self, pragma: str) -> str:
+        with self._lock, self._translate_errors():
+            found = [row[0] for row in self._conn.execute(f"PRAGMA {pragma}")]
+        return "" if found == ["ok"] else "; ".join(found[:5])
+
+    def _index_problem(self, walked: int) -> str:
+        """Why reading streams through their index would not give the rows the walk saw, or ''."""
+        with self._lock, self._translate_errors():
+            streams = [row[0] for row in self._conn.execute("SELECT stream_id FROM streams")]
+            total = 0
+            for stream_id in streams:
+                # As `read` does: the index gives the rows' ids, the table the rows (a column the
+                # index lacks forces that step), so a damaged id in the index shows here.
+                rows = self._conn.execute(
+                    "SELECT stream_id, version, hash FROM events WHERE stream_id = ? ORDER BY version", (stream_id,)
+                ).fetchall()
+                total += len(rows)
+                versions = [row[1] for row in rows]
+                if not rows or any(row[0] != stream_id for row in rows) or versions != list(range(versions[0], versions[0] + len(rows))):
+                    return f"stream {stream_id!r} read through its index gives wrong rows: the index is damaged"
+        if total != walked:
+            return f"the (stream_id, version) index holds {total} rows, the table {walked}: the index is damaged"
+        return ""
+
+    def _anchor_problem(self, anchored_hash: str, position: int) -> str:
+        with self._lock, self._translate_errors():
+            row = self._conn.execute("SELECT hash FROM events WHERE position = ?", (position,)).fetchone()
+        if row is None:
+            return f"anchor {anchored_hash[:12]}…@{position}: the log no longer reaches position {position} (rows deleted)"
+        if row[0] != anchored_hash:
+            return f"anchor {anchored_hash[:12]}…@{position}: the row there has another hash (the log was rewritten)"
+        return ""
+
+    def _walk(self, progress: Callable[[int], None] | None) -> VerifyReport:
         with self._lock, self._translate_errors():
             forks = {sid: (parent, fork) for sid, parent, fork in self._conn.execute(
                 "SELECT stream_id, parent_id, fork_version FROM streams"
@@ -750,6 +860,7 @@ class EventStore:
             "events_by_kind": by_kind,
             "last_position": last[0] if last else 0,
             "head_hash": last[1] if last else GENESIS_HASH,
+            "anchor": f"{last[1]}@{last[0]}" if last else "",
             "database_bytes": page_count * page_size,
             "cost_usd": spent,
         }

@@ -155,14 +155,55 @@ def test_deleted_row_is_found(template: Path, position: int) -> None:
         assert "missing" in report.reason
 
 
-def test_truncated_tail_changes_the_head_hash(template: Path) -> None:
-    # Documented limit: dropping the newest rows leaves a valid chain; the head hash, kept
-    # elsewhere, is what catches it.
+def test_truncated_tail_is_caught_by_an_anchor(template: Path) -> None:
+    # Dropping the newest rows leaves a valid chain; the anchor, kept elsewhere, catches it.
     with Copy(template) as store:
-        anchored = store.stats()["head_hash"]
+        anchor = (store.stats()["head_hash"], ROWS)
+        assert store.verify(anchors=[anchor]).anchors_checked == 1
         store.connection.execute("DELETE FROM events WHERE position = ?", (ROWS,))
         assert store.verify().ok
-        assert store.stats()["head_hash"] != anchored
+        report = store.verify(anchors=[anchor])
+        assert not report.ok and "no longer reaches position" in report.reason
+
+
+def test_a_rehashed_chain_is_caught_by_an_anchor(template: Path) -> None:
+    """An attacker who edits a row and recomputes every later hash keeps the chain valid."""
+    from apollo_es.store import chain_hash
+
+    with Copy(template) as store:
+        anchor = (store.stats()["head_hash"], ROWS)
+        conn = store.connection
+        conn.execute("UPDATE events SET payload = replace(payload, 'step 0', 'step X') WHERE position = 1")
+        prev = "0" * 64
+        for row in conn.execute("SELECT position, stream_id, version, event_id, kind, schema, recorded_at, actor, "
+                                "causation_id, CAST(payload AS BLOB) FROM events ORDER BY position").fetchall():
+            new = chain_hash(prev, row[:9], row[9])
+            conn.execute("UPDATE events SET prev_hash = ?, hash = ? WHERE position = ?", (prev, new, row[0]))
+            prev = new
+        assert store.verify().ok  # the chain alone cannot tell
+        report = store.verify(anchors=[anchor])
+        assert not report.ok and "another hash" in report.reason
+
+
+def test_a_damaged_index_page_is_a_corruption_finding(template: Path, tmp_path: Path) -> None:
+    """Reads go through the (stream_id, version) index: a flipped bit there can hide rows
+    while every row of the table is intact. SQLite's integrity_check sees it."""
+    path = tmp_path / "apollo.db"
+    shutil.copy(template, path)
+    with EventStore(path) as store:
+        [(root,)] = store.query("SELECT rootpage FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' "
+                                "AND sql IS NULL AND name LIKE 'sqlite_autoindex_events_%' ORDER BY name DESC LIMIT 1")
+        page_size = store.query("PRAGMA page_size")[0][0]
+    data = bytearray(path.read_bytes())
+    start = (root - 1) * page_size
+    cells = data[start + 8 : start + page_size]  # past the leaf page header: the cell content
+    offset = start + 8 + max(i for i, byte in enumerate(cells) if byte)  # a byte of the last cell
+    data[offset] ^= 0x04
+    path.write_bytes(bytes(data))
+    with EventStore(path, read_only=True) as store:
+        for fast in (False, True):
+            report = store.verify(fast=fast)
+            assert not report.ok and report.corruption, (fast, report)
 
 
 def test_branch_row_edited_to_another_fork_is_found(template: Path) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -56,28 +57,56 @@ def json_option(fn: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
 
 
-def open_store(db_path: str, *, create: bool = False) -> EventStore:
+def open_store(db_path: str, *, create: bool = False, read_only: bool = False) -> EventStore:
     """Open the store; a mistyped path must not silently create an empty one unless asked to.
 
-    APOLLO_ES_MAX_PAYLOAD_BYTES overrides the 16 MiB limit on one event's payload.
+    `read_only` (commands that only read): nothing in the file changes, not even a schema
+    upgrade. APOLLO_ES_MAX_PAYLOAD_BYTES overrides the 16 MiB limit on one event's payload.
     """
     if not create and not Path(db_path).is_file():
         raise click.ClickException(f"no store at {db_path} (create one with: apollo-es init --db {db_path})")
     limit = os.environ.get("APOLLO_ES_MAX_PAYLOAD_BYTES")
-    if limit is None:
-        return EventStore(db_path)
-    if not limit.isdigit() or int(limit) < 1:
+    if limit is not None and (not limit.isdigit() or int(limit) < 1):
         raise click.ClickException(f"APOLLO_ES_MAX_PAYLOAD_BYTES must be a positive integer, not {limit!r}")
-    return EventStore(db_path, max_payload_bytes=int(limit))
+    extra = {"max_payload_bytes": int(limit)} if limit is not None else {}
+    return EventStore(db_path, read_only=read_only, **extra)
+
+
+@contextlib.contextmanager
+def creating_store(db_path: str) -> Iterator[EventStore]:
+    """`open_store(create=True)` for a command that may fail before it writes anything: a
+    store file it created and left empty is removed again, so a failed command leaves nothing."""
+    existed = Path(db_path).exists()
+    store = open_store(db_path, create=True)
+    try:
+        yield store
+    except BaseException:
+        empty = not existed and store.last_position() == 0
+        store.close()
+        if empty:
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(OSError):
+                    os.remove(db_path + suffix)
+        raise
+    else:
+        store.close()
 
 
 def with_store(fn: Callable) -> Callable:
     """Open the store named by --db for the command and close it afterwards."""
+    return _opening(fn, read_only=False)
 
+
+def with_reader(fn: Callable) -> Callable:
+    """`with_store` for commands that only read: the file is opened read-only."""
+    return _opening(fn, read_only=True)
+
+
+def _opening(fn: Callable, *, read_only: bool) -> Callable:
     @db_option
     @functools.wraps(fn)
     def wrapper(db_path: str, **kwargs: Any) -> Any:
-        with open_store(db_path) as store:
+        with open_store(db_path, read_only=read_only) as store:
             return fn(store, **kwargs)
 
     return wrapper

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from apollo_es.cli._common import db_option, json_option, open_store, print_json, stderr_is_tty
+from apollo_es.cli._common import creating_store, db_option, json_option, print_json, stderr_is_tty
 from apollo_es.importers import ALIASES, DEFAULT_REAL_USER_TAGS, FORMATS, import_paths
 
 FORMAT_CHOICES = [*FORMATS, *ALIASES, "auto"]
@@ -45,7 +45,7 @@ def import_command(fmt: str, paths: tuple[str, ...], stream_id: str | None, tags
         apollo-es import innovatorbench logs/task_3/nodes --stream ib/task-3 --json
     """
     real_user_tags = tuple(tags) or DEFAULT_REAL_USER_TAGS
-    with open_store(db_path, create=True) as store, Progress(
+    with creating_store(db_path) as store, Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True,
         disable=as_json or not stderr_is_tty(),
     ) as bar:

@@ -16,6 +16,7 @@ from apollo_es.cli._common import (
     report_moved_fork,
     statuses,
     table,
+    with_reader,
     with_store,
 )
 from apollo_es.cli.run_commands import drive, make_model_client, model_options, settings_options
@@ -182,7 +183,7 @@ def _prepared(workspace_dir: str, task_file: str | None) -> Path:
 
 @click.command()
 @click.argument("run_id")
-@with_store
+@with_reader
 @json_option
 def tree(store: EventStore, run_id: str, as_json: bool) -> None:
     """Print the branch tree RUN belongs to: fork points, lengths and statuses.

@@ -21,6 +21,7 @@ from apollo_es.interventions import intervene as intervene_run
 from apollo_es.interventions import undelivered_warning
 from apollo_es.cli._common import (
     console,
+    creating_store,
     db_option,
     json_option,
     open_store,
@@ -28,6 +29,7 @@ from apollo_es.cli._common import (
     print_ndjson,
     quiet_option,
     stderr_is_tty,
+    with_reader,
     with_store,
 )
 from apollo_es.cli.progress import StepLines
@@ -138,7 +140,7 @@ def run(task_file, model, provider, base_url, recording, run_id, workspace_dir, 
     check_sandbox(task.sandbox)
     run_id = run_id or f"{task.id}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-    with open_store(db_path, create=True) as store:
+    with creating_store(db_path) as store:
         if store.exists(run_id):
             raise click.ClickException(f"run {run_id!r} already exists; use apollo-es resume {run_id}")
         root = Path(workspace_dir) if workspace_dir else Path(db_path).resolve().parent / "workspaces" / run_id
@@ -291,7 +293,7 @@ def _intervene(store: EventStore, run_id: str, message: str, kind: str, target: 
 @click.option("--follow/--no-follow", default=True, help="Keep printing new events until the run ends.")
 @click.option("--interval", type=click.FloatRange(min=0.05), default=0.5, show_default=True, help="Seconds between polls.")
 @click.option("--nl", "--json", "as_ndjson", is_flag=True, help="One JSON object per event (NDJSON), as they come.")
-@with_store
+@with_reader
 def watch(store: EventStore, run_id, last, follow, interval, as_ndjson):
     """Print a run's timeline as it grows, until the run ends (Ctrl-C to leave).
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from apollo_es.cli._common import (
     statuses,
     stderr_is_tty,
     table,
+    with_reader,
     with_store,
 )
 from apollo_es.store import ANY, NO_STREAM, EventStore, NewEvent
@@ -53,7 +55,7 @@ def init(db_path: str, as_json: bool) -> None:
 
 
 @click.command()
-@with_store
+@with_reader
 @json_option
 @nl_option
 def runs(store: EventStore, as_json: bool, as_ndjson: bool) -> None:
@@ -97,7 +99,7 @@ def runs(store: EventStore, as_json: bool, as_ndjson: bool) -> None:
 @click.option("--actor", "actors", multiple=True, help="Only events by this actor; globs work: 'human:*' (repeatable).")
 @click.option("--since", help="Only events recorded since: a duration (90s, 15m, 2h, 3d) or an ISO-8601 time.")
 @click.option("--tail", "limit", type=click.IntRange(min=1), help="Only the newest N events.")
-@with_store
+@with_reader
 @json_option
 @nl_option
 def log(store: EventStore, run: str, kinds: tuple[str, ...], actors: tuple[str, ...], since: str | None, limit: int | None, as_json: bool,
@@ -127,7 +129,7 @@ def log(store: EventStore, run: str, kinds: tuple[str, ...], actors: tuple[str, 
 @click.command()
 @click.argument("run")
 @click.argument("version", type=int)
-@with_store
+@with_reader
 @json_option
 def show(store: EventStore, run: str, version: int, as_json: bool) -> None:
     """Show one event of a run in full: its envelope and payload.
@@ -250,36 +252,64 @@ def _expected(value: str | None):
 
 
 @click.command()
-@with_store
+@click.option("--anchor", "anchors", multiple=True, metavar="HASH@POSITION",
+              help="A head hash kept elsewhere (from `stats`): the log must still extend it (repeatable).")
+@click.option("--anchors", "anchors_file", type=click.Path(dir_okay=False, exists=True),
+              help="A file of HASH@POSITION lines, one per anchor kept.")
+@click.option("--fast", is_flag=True, help="SQLite's quick_check instead of integrity_check (skips index contents).")
+@with_reader
 @json_option
-def verify(store: EventStore, as_json: bool) -> None:
-    """Check the whole log: hash chain, gapless positions and versions, branch records.
+def verify(store: EventStore, anchors: tuple[str, ...], anchors_file: str | None, fast: bool, as_json: bool) -> None:
+    """Check the whole log: the file, the hash chain, positions and versions, branch records, anchors.
 
-    Exits 1 and names the first bad position if anything does not match.
+    Runs SQLite's integrity check first (a damaged page or index can make reads wrong while
+    every row looks intact), then walks the chain, then reads every stream through its
+    index, then checks each anchor. Exits 1 and says what is wrong if anything is.
 
     Example:
 
-        apollo-es verify --db apollo.db
+        apollo-es verify --db apollo.db --anchor 3f9a...c2@120000
     """
+    wanted = [*anchors, *(_anchor_lines(anchors_file) if anchors_file else [])]
+    pairs = [_anchor(text) for text in wanted]
     total = store.last_position()
     with Progress(TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), transient=True, disable=not stderr_is_tty()) as bar:
         task = bar.add_task("verify", total=total)
-        report = store.verify(progress=lambda n: bar.update(task, completed=n))
+        report = store.verify(progress=lambda n: bar.update(task, completed=n), anchors=pairs, fast=fast)
     if as_json:
         print_json(report)
     if not report.ok:
+        if report.corruption:
+            raise click.ClickException(f"the database file is damaged: {report.reason}")
         raise click.ClickException(f"log is corrupt at position {report.first_bad_position}: {report.reason}")
     if not as_json:
-        click.echo(f"OK: {report.events_checked} events, hash chain and streams consistent")
+        anchored = f"; {report.anchors_checked} anchor(s) still extended" if report.anchors_checked else ""
+        click.echo(f"OK: {report.events_checked} events, file, hash chain, streams and index consistent{anchored}")
+
+
+def _anchor_lines(path: str) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"cannot read anchors from {path}: {exc}") from exc
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _anchor(text: str) -> tuple[str, int]:
+    hash_, at, position = text.partition("@")
+    if not at or not re.fullmatch(r"[0-9a-f]{64}", hash_) or not position.isdigit() or int(position) < 1:
+        raise click.ClickException(f"anchor {text!r}: write HASH@POSITION, as `apollo-es stats` prints it")
+    return hash_, int(position)
 
 
 @click.command()
-@with_store
+@with_reader
 @json_option
 def stats(store: EventStore, as_json: bool) -> None:
     """Counts of events, runs and branches, the database size and the head hash.
 
-    Keep the head hash somewhere else: it is what proves later that no newest events were cut off.
+    Keep the anchor (HEAD_HASH@POSITION) somewhere else: `verify --anchor` proves with it later
+    that no newest events were cut off and the chain was not rewritten.
 
     Example:
 
@@ -292,6 +322,7 @@ def stats(store: EventStore, as_json: bool) -> None:
     out = table("", "")
     for key in ("path", "events", "runs", "branches", "last_position", "database_bytes", "head_hash"):
         out.add_row(cell(key), cell(f"{data[key]:,}" if isinstance(data[key], int) else data[key]))
+    out.add_row(cell("anchor"), cell(f"{data['head_hash']}@{data['last_position']}"))
     for kind, count in data["events_by_kind"].items():
         out.add_row(cell(f"  {kind}"), cell(f"{count:,}"))
     out.add_row(cell("cost_usd"), cell("no priced model calls" if data["cost_usd"] is None else f"${data['cost_usd']:,.2f}"))

@@ -12,7 +12,7 @@ import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from apollo_es.cli._common import cell, console, json_option, print_json, stderr_is_tty, table, with_store
+from apollo_es.cli._common import cell, json_option, print_json, print_table, stderr_is_tty, table, with_reader, with_store
 from apollo_es.judge import Judge, JudgeReport
 from apollo_es.models import make_client
 from apollo_es.store import EventStore, RecordedEvent
@@ -157,7 +157,7 @@ def _toml(value: Any) -> str:
 @rules_group.command(name="check")
 @click.argument("rules_file", type=click.Path(dir_okay=False))
 @click.argument("runs", nargs=-1)
-@with_store
+@with_reader
 @json_option
 def rules_check(store: EventStore, rules_file: str, runs: tuple[str, ...], as_json: bool) -> None:
     """Dry-run RULES_FILE over RUNs (default: every run and branch): which actions each rule would mask.
@@ -207,14 +207,14 @@ def rules_check(store: EventStore, rules_file: str, runs: tuple[str, ...], as_js
     counts = table("rule", "on", "actions hit")
     for name, per_rule in hits_by_rule.items():
         counts.add_row(cell(name), cell("yes" if ruleset.rules[name].enabled else "no"), cell(len(per_rule)))
-    console.print(counts)
+    print_table(counts)
     click.echo("")
     details = table("rule", "run", "version", "reason")
     for name, per_rule in hits_by_rule.items():
         for hit in sorted(per_rule.values(), key=_order):
             details.add_row(cell(name), cell(hit.stream_id), cell(f"v{hit.action_version}"), cell(hit.reason))
     if details.row_count:
-        console.print(details)
+        print_table(details)
         click.echo("")
     click.echo(
         f"{summary['actions']} actions: {summary['hit_by_rules']} hit by rules; the policy masks {summary['masked']} "
@@ -239,7 +239,7 @@ def _read(store: EventStore, stream_id: str) -> tuple[list[RecordedEvent], list[
 @click.argument("run")
 @click.option("--rules", "rules_file", type=click.Path(dir_okay=False), help="Rule set TOML (default: every rule with its defaults).")
 @click.option("--masked", "only_masked", is_flag=True, help="Only the actions the policy masks (with their reasons).")
-@with_store
+@with_reader
 @json_option
 def audit(store: EventStore, run: str, rules_file: str | None, only_masked: bool, as_json: bool) -> None:
     """A run's timeline with each action's rule hits, verdicts and keep/mask decision beside it.
