@@ -1,6 +1,7 @@
 """Malformed trajectories: every one is `Error: <file>: <place>: <what>`, never a traceback.
 
-Hypothesis mutates the bundled real files (examples/trajectories) structurally: a node replaced
+Hypothesis mutates the bundled real files (examples/trajectories) and the OpenHands V1
+conversation fixture (as a single-file export) structurally: a node replaced
 by another JSON type, deep nesting, a lone surrogate, huge or non-finite numbers, a key
 removed. Whatever comes out, importing it either works or raises `TrajectoryImportError`, and
 an import that fails writes nothing. The budget is fixed (derandomized, a few dozen examples
@@ -24,8 +25,9 @@ from apollo_es.cli import cli
 from apollo_es.importers import TrajectoryImportError, import_paths
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "trajectories"
-FILES = sorted([*EXAMPLES.glob("swe-agent/*.traj"), *EXAMPLES.glob("openhands/*.json")])
-FORMATS = {".traj": "swe-agent", ".json": "openhands"}
+V1_CONVERSATION = Path(__file__).parent / "data" / "importers" / "openhands-v1" / "5f3c2a1b9d8e4f60a7b1c2d3e4f5a6b7"
+FILES = sorted([*EXAMPLES.glob("swe-agent/*.traj"), *EXAMPLES.glob("openhands/*.json")]) + [V1_CONVERSATION]
+FORMATS = {".traj": "swe-agent", ".json": "openhands", "": "openhands-v1"}
 EXAMPLES_PER_FILE = int(os.environ.get("APOLLO_ES_FUZZ_EXAMPLES", "40"))
 """Raise it for a longer local campaign; CI keeps the fixed budget."""
 NESTED = "\x00nested\x00"
@@ -70,6 +72,13 @@ def mutate(value: Any, path: tuple, replacement: Any, delete: bool) -> Any:
     return copy
 
 
+def load(source: Path) -> Any:
+    """A file's JSON; a V1 conversation folder's events as the JSON array of an export."""
+    if source.is_dir():
+        return [json.loads(p.read_text()) for p in sorted((source / "events").glob("event-*.json"))]
+    return json.loads(source.read_text())
+
+
 def encode(value: Any) -> bytes:
     text = json.dumps(value, ensure_ascii=True)
     return text.replace(json.dumps(NESTED), "[" * 5_000 + "]" * 5_000).encode()
@@ -77,7 +86,7 @@ def encode(value: Any) -> bytes:
 
 @pytest.mark.parametrize("source", FILES, ids=lambda p: p.name)
 def test_mutated_real_files_import_or_fail_cleanly(source, tmp_path_factory):
-    original = json.loads(source.read_text())
+    original = load(source)
     places = paths_of(original)
     fmt = FORMATS[source.suffix]
 
@@ -92,7 +101,7 @@ def test_mutated_real_files_import_or_fail_cleanly(source, tmp_path_factory):
         place = places[index]
         mutated = mutate(original, place, replacement, delete and bool(place))
         directory = tmp_path_factory.mktemp("fuzz")
-        path = directory / source.name
+        path = directory / f"{source.stem}.json" if source.is_dir() else directory / source.name
         path.write_bytes(encode(mutated))
         with EventStore(directory / "apollo.db") as store:
             try:

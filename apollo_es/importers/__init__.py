@@ -5,10 +5,14 @@ Formats (`apollo-es import FORMAT PATH...`):
 | format | input | module |
 | --- | --- | --- |
 | `swe-agent` | a SWE-agent `.traj` file (function calling or free-text actions) | `swe_agent` |
-| `openhands` | an OpenHands event list (`.json`), a dict with `history`, or eval `output.jsonl` | `openhands` |
+| `openhands` | an OpenHands event list (`.json`), a dict with `history`, or eval `output.jsonl`; V1 input too (below) | `openhands` |
+| `openhands-v1` | an OpenHands V1 (`openhands-sdk`) conversation folder (`events/event-*.json`), or its events as a JSON array or JSON lines | `openhands_v1` |
 | `innovatorbench` (alias `researchgym`) | a directory of InnovatorBench/ResearchGym node JSON files | `node_log` |
 | `openai` (alias `openai-messages`) | JSONL, one chat conversation (`messages`, `tools`) per line | `openai_messages` |
 | `auto` | any of the above, recognised by its name and shape | |
+
+`openhands` hands V1 input (recognised by its folder or its events' `kind`) to `openhands-v1`,
+so either name imports a V1 conversation the same way, under `openhands-v1/<conversation>`.
 
 Every importer keeps tool calls, observations, reasoning, model ids and timestamps where the
 source has them, and records `actor=import:<format>`. The imported run's context is what the
@@ -42,7 +46,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from apollo_es.importers import node_log, openai_messages, openhands, swe_agent
+from apollo_es.importers import node_log, openai_messages, openhands, openhands_v1, swe_agent
 from apollo_es.importers.fidelity import Fidelity, record_notes
 from apollo_es.importers.base import (
     DEFAULT_REAL_USER_TAGS,
@@ -79,6 +83,7 @@ __all__ = [
 FORMATS: dict[str, Callable[..., FilePlan]] = {
     swe_agent.FORMAT: swe_agent.parse,
     openhands.FORMAT: openhands.parse,
+    openhands_v1.FORMAT: openhands_v1.parse,
     node_log.FORMAT: node_log.parse,
     openai_messages.FORMAT: openai_messages.parse,
 }
@@ -90,6 +95,8 @@ ALIASES = {"researchgym": node_log.FORMAT, "node-log": node_log.FORMAT, "openai-
 def detect_format(path: str | Path) -> str:
     """Guess the format of `path` from its name and, if need be, its first bytes."""
     path = Path(path)
+    if openhands_v1.is_v1(path):
+        return openhands_v1.FORMAT
     if path.is_dir():
         return node_log.FORMAT
     if path.suffix == ".traj":
@@ -111,7 +118,7 @@ def detect_format(path: str | Path) -> str:
         return swe_agent.FORMAT
     if '"messages"' in head:
         return openai_messages.FORMAT
-    raise TrajectoryImportError(path, "", "cannot tell the format; name it (swe-agent, openhands, innovatorbench, openai)")
+    raise TrajectoryImportError(path, "", "cannot tell the format; name it (swe-agent, openhands, openhands-v1, innovatorbench, openai)")
 
 
 def resolve_format(name: str) -> str:
@@ -133,6 +140,8 @@ def read_trajectory(
     fmt = resolve_format(fmt)
     if fmt == "auto":
         fmt = detect_format(path)
+    elif fmt == openhands.FORMAT and openhands_v1.is_v1(path):
+        fmt = openhands_v1.FORMAT
     if not Path(path).exists():
         raise TrajectoryImportError(path, "", "no such file or directory")
     plan = FORMATS[fmt](path, stream_id=stream_id, real_user_tags=tuple(real_user_tags))

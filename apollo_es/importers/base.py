@@ -29,6 +29,7 @@ import msgspec
 from apollo_es.errors import ApolloError
 from events import (
     AgentActed,
+    ContentBlock,
     ContextSummarized,
     Event,
     HumanIntervened,
@@ -39,7 +40,7 @@ from events import (
     ToolSpec,
     Usage,
 )
-from events.kinds import ObservationWindow
+from events.kinds import ObservationOrigin, ObservationWindow
 
 if TYPE_CHECKING:
     from apollo_es.importers.fidelity import Fidelity
@@ -458,11 +459,13 @@ class RunBuilder:
 
     def act(self, *, text: str = "", reasoning: str = "", tool_calls: list[ToolCall] | None = None, model: str | None = None,
             stop_reason: str = "", usage: Usage | None = None, latency_ms: float = 0.0, at: str | None = None,
-            place: str = "", reasoning_signature: str = "", cost_usd: float | None = None) -> PlannedEvent:
+            place: str = "", reasoning_signature: str = "", cost_usd: float | None = None,
+            blocks: list[ContentBlock] | None = None) -> PlannedEvent:
         calls = list(tool_calls or [])
         action = self.add(
             AgentActed(model=model or self.model, text=text, reasoning=reasoning, reasoning_signature=reasoning_signature,
-                       tool_calls=calls, stop_reason=stop_reason, usage=usage or Usage(), latency_ms=latency_ms, cost_usd=cost_usd),
+                       tool_calls=calls, stop_reason=stop_reason, usage=usage or Usage(), latency_ms=latency_ms, cost_usd=cost_usd,
+                       blocks=blocks or []),
             at, place=place,
         )
         self.pending = {call.id: (action, call.name) for call in calls}
@@ -472,7 +475,7 @@ class RunBuilder:
 
     def observe(self, output: str, *, call_id: str | None = None, tool_name: str = "", is_error: bool = False,
                 exit_code: int | None = None, duration_ms: float = 0.0, at: str | None = None, place: str = "",
-                rebind: bool = True) -> PlannedEvent:
+                rebind: bool = True, origin: ObservationOrigin = "tool") -> PlannedEvent:
         """A tool result. Its call id names a pending call; a missing or unknown id is bound
         to the oldest pending call when `rebind` (hand-edited files carry stale ids); with no
         call pending it is feedback from the environment (a user message)."""
@@ -483,7 +486,7 @@ class RunBuilder:
         action, name = self.pending.pop(call_id)
         return self.add(
             ToolObserved(tool_call_id=call_id, output=output, tool_name=tool_name or name, is_error=is_error,
-                         exit_code=exit_code, duration_ms=duration_ms),
+                         exit_code=exit_code, duration_ms=duration_ms, origin=origin),
             at, causation=action, place=place,
         )
 

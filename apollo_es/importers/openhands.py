@@ -311,20 +311,28 @@ def agent_observation(kind: str, content: str, extras: dict, *, by_user: bool) -
     """
     if kind == "run":
         metadata = extras.get("metadata") if isinstance(extras.get("metadata"), dict) else {}
-        text = f"{metadata.get('prefix') or ''}{content}{metadata.get('suffix') or ''}"
-        if metadata.get("working_dir"):
-            text += f"\n[Current working directory: {metadata['working_dir']}]"
-        if metadata.get("py_interpreter_path"):
-            text += f"\n[Python interpreter: {metadata['py_interpreter_path']}]"
-        exit_code = metadata.get("exit_code", extras.get("exit_code", -1))
-        if isinstance(exit_code, int) and not isinstance(exit_code, bool) and exit_code != -1:
-            text += f"\n[Command finished with exit code {exit_code}]"
+        text = command_output(content, metadata, metadata.get("exit_code", extras.get("exit_code", -1)))
         return f"\nObserved result of command executed by user:\n{text}" if by_user else text
     if kind == "error":
         return f"{content}\n[Error occurred in processing last action]"
     if kind == "user_rejected":
         return f"OBSERVATION:\n{content}\n[Last action has been rejected by the user]"
     return content
+
+
+def command_output(output: str, metadata: dict, exit_code: Any) -> str:
+    """A shell command's result as OpenHands shows it to the model: the output between the
+    PS1 metadata's prefix and suffix, then working directory, interpreter and exit code (-1,
+    a command still running, is not shown). V0's `CmdOutputObservation.to_agent_observation`
+    and V1's `TerminalObservation.to_llm_content` render it alike."""
+    text = f"{metadata.get('prefix') or ''}{output}{metadata.get('suffix') or ''}"
+    if metadata.get("working_dir"):
+        text += f"\n[Current working directory: {metadata['working_dir']}]"
+    if metadata.get("py_interpreter_path"):
+        text += f"\n[Python interpreter: {metadata['py_interpreter_path']}]"
+    if isinstance(exit_code, int) and not isinstance(exit_code, bool) and exit_code != -1:
+        text += f"\n[Command finished with exit code {exit_code}]"
+    return text
 
 
 def _check_strings(src: Source, obj: dict, keys: tuple[str, ...], place: str) -> None:
