@@ -84,15 +84,19 @@ class EvalSpec(msgspec.Struct, forbid_unknown_fields=True):
     command: str
 
 
+_Positive = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+_Seconds = Annotated[float, msgspec.Meta(gt=0, le=10 * 365 * 86_400)]
+
+
 class Task(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
     description: str
-    max_steps: int | None = None
-    time_limit: float | None = None
-    token_budget: int | None = None
-    summary_threshold: int = 100_000
-    context_limit: int = 128_000
-    max_output_tokens: int = 8_192
+    max_steps: _Positive | None = None
+    time_limit: _Seconds | None = None
+    token_budget: _Positive | None = None
+    summary_threshold: _Positive = 100_000
+    context_limit: _Positive = 128_000
+    max_output_tokens: _Positive = 8_192
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     tags: list[str] = []
     workspace: WorkspaceSpec = msgspec.field(default_factory=WorkspaceSpec)
@@ -107,9 +111,11 @@ class Task(msgspec.Struct, forbid_unknown_fields=True):
 def load_task(path: str | Path) -> Task:
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise TaskError(f"cannot read task file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise TaskError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise TaskError(f"{path} is not valid TOML: {exc}") from exc
     env, sandbox = data.pop("env", {}), data.get("sandbox", {})
@@ -124,8 +130,13 @@ def load_task(path: str | Path) -> Task:
         raise TaskError(f"{path}: {exc}") from exc
     if not task.description.strip():
         raise TaskError(f"{path}: description is empty")
+    if task.summary_threshold >= task.context_limit:
+        raise TaskError(f"{path}: summary_threshold ({task.summary_threshold}) must be below context_limit ({task.context_limit})")
     for name in task.workspace.files:
         source = Path(task.source_dir) / name
+        inside = source.resolve().is_relative_to(task.source_dir) and source.resolve() != Path(task.source_dir)
+        if Path(name).is_absolute() or ".." in Path(name).parts or not inside:
+            raise TaskError(f"{path}: workspace file {name!r} must be a path inside the task's directory")
         if not source.exists():
             raise TaskError(f"{path}: workspace file {name!r} does not exist (looked at {source})")
     return task
@@ -141,11 +152,14 @@ def prepare_workspace(task: Task, root: str | Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for name in task.workspace.files:
         source, target = Path(task.source_dir) / name, root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target)
-        else:
-            shutil.copy2(source, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target, dirs_exist_ok=True)
+            else:
+                shutil.copy2(source, target)
+        except (shutil.Error, OSError) as exc:  # SameFileError: the workspace holds the task's own files
+            raise TaskError(f"cannot copy workspace file {name!r} into {root}: {exc}") from exc
     workspace = Workspace(root, sandbox=task.sandbox, max_timeout=3600)
     workspace.sessions.discard()  # an earlier workspace at this path may have left sessions behind
     for command in task.workspace.setup:

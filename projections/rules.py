@@ -583,6 +583,8 @@ class RuleSet:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise RuleSetError(f"cannot read rule set {path}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise RuleSetError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
         return cls.loads(text, source=str(path))
 
     @classmethod

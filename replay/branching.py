@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from apollo_es.errors import ApolloError
 from apollo_es.store import EventStore
 from events import AgentActed, HumanIntervened, ToolObserved
 
@@ -50,7 +51,7 @@ def branch(
     guidance land in one transaction. Callers settle `at_version` with `fork_point` first.
     """
     if inject is not None and not inject.strip():
-        raise ValueError("the injected guidance is empty")
+        raise ApolloError("the injected guidance is empty: write what the branch should do differently")
     then = []
     if inject is not None:
         then.append(HumanIntervened(annotator=annotator, kind="guidance", message=inject, seen_version=at_version))

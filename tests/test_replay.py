@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from apollo_es.errors import ApolloError
 from apollo_es import EventStore, NewEvent
 from apollo_es.agent import Agent
 from apollo_es.cli import cli
@@ -94,7 +95,7 @@ def test_state_at_reports_lineage_tokens_and_pending_human_messages(tmp_path):
 def test_branch_with_an_empty_injection_writes_nothing(tmp_path):
     store = EventStore(tmp_path / "a.db")
     store.append("r", [RunStarted(task_id="t", task="task")])
-    with pytest.raises(ValueError):
+    with pytest.raises(ApolloError, match="the injected guidance is empty"):
         branch(store, "r", 1, inject="  ")
     assert store.last_position() == 1
 

@@ -24,6 +24,10 @@ from apollo_es.store import EventStore
 
 DEFAULT_DB = "apollo.db"
 
+MAX_INT = 2**63 - 1
+"""Every integer option is bounded by SQLite's 64 bits: a bigger one is a usage error, not an OverflowError."""
+INT64 = click.IntRange(-MAX_INT - 1, MAX_INT)
+
 console = Console(highlight=False)
 
 
@@ -35,6 +39,15 @@ class ApolloGroup(click.Group):
             return super().invoke(ctx)
         except ApolloError as exc:
             raise click.ClickException(str(exc)) from exc
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            # A bug, not bad input: still an `Error:` line, never a traceback a user must read.
+            if os.environ.get("APOLLO_ES_DEBUG"):
+                raise
+            raise click.ClickException(
+                f"unexpected {type(exc).__name__}: {exc} (a bug in apollo-es; APOLLO_ES_DEBUG=1 shows the traceback)"
+            ) from exc
 
 
 def db_option(fn: Callable) -> Callable:
@@ -161,7 +174,10 @@ def parse_since(value: str | None) -> str | None:
         return None
     match = _DURATION.fullmatch(value.strip())
     if match:
-        moment = datetime.now(timezone.utc) - timedelta(**{_UNITS[match[2]]: float(match[1])})
+        try:
+            moment = datetime.now(timezone.utc) - timedelta(**{_UNITS[match[2]]: float(match[1])})
+        except OverflowError:
+            raise click.ClickException(f"--since {value!r} reaches before year 1") from None
     else:
         try:
             moment = datetime.fromisoformat(value)

@@ -9,6 +9,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
 from apollo_es.cli._common import (
+    INT64,
+    MAX_INT,
     cell,
     console,
     json_option,
@@ -34,10 +36,10 @@ from projections.rules import RuleSet
 @click.option("--format", "formats", default=",".join(DEFAULT_FORMATS), show_default=True,
               help=f"Comma-separated: {', '.join(FORMATS)} (hf is Parquet).")
 @click.option("--rebuild", is_flag=True, help="Render every run again, ignoring the checkpoint and the cache.")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=131_072, show_default=True, help="Longest sample.")
+@click.option("--max-tokens", type=click.IntRange(min=1, max=MAX_INT), default=131_072, show_default=True, help="Longest sample.")
 @click.option("--length-policy", type=click.Choice(["drop", "truncate"]), default="drop", show_default=True, help="What to do with longer samples.")
-@click.option("--react-repeat", type=click.IntRange(min=1), default=7, show_default=True, help="Upsampling of ReAct samples.")
-@click.option("--summary-repeat", type=click.IntRange(min=1), default=10, show_default=True, help="Upsampling of summarization samples.")
+@click.option("--react-repeat", type=click.IntRange(min=1, max=MAX_INT), default=7, show_default=True, help="Upsampling of ReAct samples.")
+@click.option("--summary-repeat", type=click.IntRange(min=1, max=MAX_INT), default=10, show_default=True, help="Upsampling of summarization samples.")
 @with_store
 @json_option
 def project_command(store: EventStore, runs, tokenizer_path, rules_path, out_dir, formats, rebuild, max_tokens, length_policy,
@@ -96,7 +98,7 @@ def dataset() -> None:
 
 @dataset.command("inspect")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True))
-@click.option("--sample", "index", type=int, default=0, show_default=True, help="Which sample to show.")
+@click.option("--sample", "index", type=INT64, default=0, show_default=True, help="Which sample to show.")
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(file_okay=False), help="Tokenizer to decode with (default: the one recorded in the manifest).")
 @json_option
 def inspect(directory, index, tokenizer_path, as_json):

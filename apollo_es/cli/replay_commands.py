@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from apollo_es.cli._common import (
+    INT64,
     cell,
     json_option,
     print_json,
@@ -32,7 +33,7 @@ from replay.rerun import DEFAULT_NORMALIZATIONS, DEFAULT_SKIP_TOOLS
 
 @click.command()
 @click.argument("run_id")
-@click.option("--at", "at_version", type=int, help="The version to inspect or branch after (default: the head).")
+@click.option("--at", "at_version", type=INT64, help="The version to inspect or branch after (default: the head).")
 @click.option("--show", type=click.Choice(["context", "events"]), default="context", show_default=True, help="What to print for --at.")
 @click.option("--branch", "make_branch", is_flag=True, help="Branch RUN after --at.")
 @click.option("--inject", help="With --branch: guidance recorded right after the fork, as the annotator's message.")

@@ -20,6 +20,8 @@ from apollo_es.agent import Agent, StepReport
 from apollo_es.interventions import intervene as intervene_run
 from apollo_es.interventions import undelivered_warning
 from apollo_es.cli._common import (
+    INT64,
+    MAX_INT,
     console,
     creating_store,
     db_option,
@@ -59,11 +61,11 @@ def settings_options(fn):
     """The run settings `run` takes from the task and `resume` / `replay --continue` may change
     (recorded as a `RunReconfigured`); they reach the command as one dict, `settings`."""
     options = [
-        click.option("--max-steps", type=click.IntRange(min=1), help="Steps allowed (from the start, or the fork of a branch)."),
+        click.option("--max-steps", type=click.IntRange(min=1, max=MAX_INT), help="Steps allowed (from the start, or the fork of a branch)."),
         click.option("--time-limit", type=click.FloatRange(min=1), help="Seconds of active time allowed (model answers plus tool calls, from the start or the fork; downtime is free)."),
-        click.option("--token-budget", type=click.IntRange(min=1), help="Tokens allowed: whole prompts (cached ones too) plus outputs."),
-        click.option("--max-output-tokens", type=click.IntRange(min=1), help="Tokens one answer may take."),
-        click.option("--thinking-budget", type=click.IntRange(min=1024), help="Anthropic extended thinking: budget tokens per answer."),
+        click.option("--token-budget", type=click.IntRange(min=1, max=MAX_INT), help="Tokens allowed: whole prompts (cached ones too) plus outputs."),
+        click.option("--max-output-tokens", type=click.IntRange(min=1, max=MAX_INT), help="Tokens one answer may take."),
+        click.option("--thinking-budget", type=click.IntRange(min=1024, max=MAX_INT), help="Anthropic extended thinking: budget tokens per answer."),
         click.option("--prompt-caching/--no-prompt-caching", default=None, help="Anthropic prompt caching (on for new runs)."),
     ]
     names = ("max_steps", "time_limit", "token_budget", "max_output_tokens", "thinking_budget", "prompt_caching")
@@ -106,7 +108,7 @@ def make_model_client(provider: str, model: str, base_url: str | None, recording
 @click.option("--run-id", help="Stream id of the new run (default: TASK-ID-YYYYmmdd-HHMMSS).")
 @click.option("--workspace", "workspace_dir", type=click.Path(file_okay=False), help="New or empty directory for the agent (default: workspaces/RUN-ID next to the store).")
 @settings_options
-@click.option("--summary-threshold", type=click.IntRange(min=1), help="Override the task's summary_threshold (tokens).")
+@click.option("--summary-threshold", type=click.IntRange(min=1, max=MAX_INT), help="Override the task's summary_threshold (tokens).")
 @click.option("--sandbox", "sandbox_kind", type=click.Choice(["bwrap", "none"]),
               help="Where the agent's commands run (default: the task's [sandbox] kind, bwrap). "
                    "'none' runs them unconfined on this host; it warns and is recorded in the run.")
@@ -245,8 +247,8 @@ def _annotator_option(fn):
 @click.option("-m", "--message", required=True, help="What to tell the agent (or why you stop, reject or approve).")
 @click.option("--kind", type=click.Choice(["guidance", "stop", "reject", "approve"]), default="guidance", show_default=True,
               help="reject: mask the --target action from training; approve: keep it whatever rules and judges say.")
-@click.option("--target", type=int, help="For reject and approve: the version of the action.")
-@click.option("--seen", "seen_version", type=int, help="The version you were looking at (default: the run's head).")
+@click.option("--target", type=INT64, help="For reject and approve: the version of the action.")
+@click.option("--seen", "seen_version", type=INT64, help="The version you were looking at (default: the run's head).")
 @_annotator_option
 @with_store
 @json_option
@@ -289,7 +291,7 @@ def _intervene(store: EventStore, run_id: str, message: str, kind: str, target: 
 
 @click.command()
 @click.argument("run_id")
-@click.option("--tail", "last", type=click.IntRange(min=0), default=10, show_default=True, help="Show this many past events first.")
+@click.option("--tail", "last", type=click.IntRange(min=0, max=MAX_INT), default=10, show_default=True, help="Show this many past events first.")
 @click.option("--follow/--no-follow", default=True, help="Keep printing new events until the run ends.")
 @click.option("--interval", type=click.FloatRange(min=0.05), default=0.5, show_default=True, help="Seconds between polls.")
 @click.option("--nl", "--json", "as_ndjson", is_flag=True, help="One JSON object per event (NDJSON), as they come.")

@@ -13,6 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 import events
 from apollo_es.cli._common import (
+    INT64,
+    MAX_INT,
     cell,
     db_option,
     json_option,
@@ -98,7 +100,7 @@ def runs(store: EventStore, as_json: bool, as_ndjson: bool) -> None:
 @click.option("--kind", "kinds", multiple=True, help="Only events of this kind (repeatable).")
 @click.option("--actor", "actors", multiple=True, help="Only events by this actor; globs work: 'human:*' (repeatable).")
 @click.option("--since", help="Only events recorded since: a duration (90s, 15m, 2h, 3d) or an ISO-8601 time.")
-@click.option("--tail", "limit", type=click.IntRange(min=1), help="Only the newest N events.")
+@click.option("--tail", "limit", type=click.IntRange(min=1, max=MAX_INT), help="Only the newest N events.")
 @with_reader
 @json_option
 @nl_option
@@ -128,7 +130,7 @@ def log(store: EventStore, run: str, kinds: tuple[str, ...], actors: tuple[str, 
 
 @click.command()
 @click.argument("run")
-@click.argument("version", type=int)
+@click.argument("version", type=INT64)
 @with_reader
 @json_option
 def show(store: EventStore, run: str, version: int, as_json: bool) -> None:
@@ -164,7 +166,7 @@ def show(store: EventStore, run: str, version: int, as_json: bool) -> None:
 
 @click.command()
 @click.argument("run")
-@click.option("--at", "at_version", type=int, required=True, help="The last version the branch shares with RUN.")
+@click.option("--at", "at_version", type=INT64, required=True, help="The last version the branch shares with RUN.")
 @click.option("--name", "new_stream_id", help="The branch's stream id (default: RUN~bN).")
 @click.option("--reason", default="", help="Why you branch; recorded in the BranchCreated event.")
 @click.option("--actor", default="system", show_default=True, help="Who branches: human:<name>, system, ...")
@@ -214,15 +216,19 @@ def append(store: EventStore, run: str, kind: str, payload: str, actor: str, exp
         text = sys.stdin.read()
     elif payload.startswith("@"):
         try:
-            text = Path(payload[1:]).read_text()
+            text = Path(payload[1:]).read_text(encoding="utf-8")
         except OSError as exc:
             raise click.ClickException(f"cannot read {payload[1:]}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise click.ClickException(f"{payload[1:]} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
     else:
         text = payload
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
+        data = msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
         raise click.ClickException(f"payload is not JSON: {exc}") from exc
+    except RecursionError:
+        raise click.ClickException("payload is nested too deeply to be an event") from None
     if not isinstance(data, dict):
         raise click.ClickException("payload must be a JSON object")
     try:

@@ -12,7 +12,17 @@ import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from apollo_es.cli._common import cell, json_option, print_json, print_table, stderr_is_tty, table, with_reader, with_store
+from apollo_es.cli._common import (
+    MAX_INT,
+    cell,
+    json_option,
+    print_json,
+    print_table,
+    stderr_is_tty,
+    table,
+    with_reader,
+    with_store,
+)
 from apollo_es.judge import Judge, JudgeReport
 from apollo_es.models import make_client
 from apollo_es.store import EventStore, RecordedEvent
@@ -43,10 +53,10 @@ def _streams(store: EventStore, runs: Sequence[str]) -> list[str]:
 @click.option("--provider", type=click.Choice(["anthropic", "openai"]), default="anthropic", show_default=True, help="Model API.")
 @click.option("--base-url", help="API base URL (OpenAI-compatible servers; ANTHROPIC_BASE_URL also works).")
 @click.option("--concurrency", type=click.IntRange(1, 512), default=4, show_default=True, help="Requests in flight at most.")
-@click.option("--budget-tokens", type=click.IntRange(min=1), help="Start no new request once this many tokens (input + output) are spent.")
+@click.option("--budget-tokens", type=click.IntRange(min=1, max=MAX_INT), help="Start no new request once this many tokens (input + output) are spent.")
 @click.option("--attempts", type=click.IntRange(1, 20), default=3, show_default=True, help="Attempts per action when the judge's answer is malformed.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Sampling temperature of the judge.")
-@click.option("--max-output-tokens", type=click.IntRange(min=16), default=1024, show_default=True, help="Output limit of one verdict (raise it for reasoning models).")
+@click.option("--max-output-tokens", type=click.IntRange(min=16, max=MAX_INT), default=1024, show_default=True, help="Output limit of one verdict (raise it for reasoning models).")
 @click.option("--judge-id", help="Override the judge id (default: MODEL@PROMPT_VERSION).")
 @with_store
 @json_option

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from apollo_es.cli._common import print_json
+from apollo_es.cli._common import MAX_INT, print_json
 
 
 def _need(module: str) -> None:
@@ -30,7 +30,7 @@ def _need(module: str) -> None:
               help="Continue from the newest checkpoint in the run dir, or from the checkpoint directory given.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set train.max_steps=10 (repeatable; values are TOML).")
-@click.option("--stop-at", type=click.IntRange(min=1), help="Stop after this step with a checkpoint (the schedule still spans the whole run).")
+@click.option("--stop-at", type=click.IntRange(min=1, max=MAX_INT), help="Stop after this step with a checkpoint (the schedule still spans the whole run).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 def train(config: str, data: str | None, run_dir: str | None, resume: str | None, overrides: tuple[str, ...],
