@@ -41,7 +41,7 @@ from apollo_es.models import ModelClient, ModelError, ModelOutputError, ModelReq
 from apollo_es.models.prices import cost_usd
 from apollo_es.store import EventStore, NewEvent, RecordedEvent
 from events import ActionJudged, AgentActed, RunFinished, Usage
-from projections.context import Context, Folder
+from projections.context import Context, Folder, estimate_tokens
 from projections.evidence import observations_by_action
 from projections.judging import PROMPT_VERSION, VerdictError, correction_context, judge_context, parse_verdict
 from projections.requests import render_request
@@ -88,7 +88,7 @@ class JudgeReport(msgspec.Struct, kw_only=True):
     requests: int = 0
     budget_exhausted: bool = False
     stopped: str = ""
-    """Why the judge stopped early (a refused request), or ''."""
+    """Why the judge stopped early (a refused request, model calls failing in a row), or ''."""
     last_error: str = ""
 
 
@@ -125,7 +125,10 @@ class Judge:
         max_output_tokens: int = 1024,
         sampling: dict[str, Any] | None = None,
         on_progress: Callable[[int, int, JudgeReport], None] | None = None,
+        failures_to_stop: int = 5,
     ) -> None:
+        """`failures_to_stop`: consecutive failed model calls (unreachable, overloaded after the
+        retries) that stop the run instead of spending a timeout on every remaining action."""
         model = model or getattr(client, "model", None) or ""
         if not model and not judge_id:
             raise ApolloError("the judge needs a model name (or an explicit judge_id)")
@@ -150,6 +153,9 @@ class Judge:
         self.max_output_tokens = max_output_tokens
         self.sampling = {"temperature": 0} if sampling is None else dict(sampling)
         self.on_progress = on_progress
+        self.failures_to_stop = failures_to_stop
+        self._failures_in_a_row = 0
+        self._reserved = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self._observations: dict[str, dict[str, list[RecordedEvent]]] = {}
@@ -254,13 +260,29 @@ class Judge:
         return report
 
     def _budget_spent(self) -> bool:
-        return self.budget_tokens is not None and self._report.tokens >= self.budget_tokens
+        return self.budget_tokens is not None and self._report.tokens + self._reserved >= self.budget_tokens
+
+    def _reserve(self, context: Context) -> int | None:
+        """Tokens set aside for one request before it is sent (None: the budget cannot cover it).
+
+        The most the call can cost: its prompt, estimated, and the output limit. Checking and
+        reserving happen with no await between them, so concurrent workers never overshoot.
+        """
+        need = estimate_tokens(context) + self.max_output_tokens
+        if self.budget_tokens is not None and self._report.tokens + self._reserved + need > self.budget_tokens:
+            return None
+        self._reserved += need
+        return need
 
     async def _judge(self, item: _Work, context: Context, report: JudgeReport) -> None:
         problem = ""
         spent, model = Usage(), ""  # over every attempt: a retried verdict costs each call
         for attempt in range(1, self.max_attempts + 1):
-            if attempt > 1 and (self._budget_spent() or report.stopped):
+            if report.stopped:
+                return
+            reserved = self._reserve(context)
+            if reserved is None:
+                report.budget_exhausted = True
                 return  # left unjudged: the next run (with budget) judges it afresh
             request = render_request(context, self.client.provider)
             try:
@@ -277,7 +299,15 @@ class Judge:
                 report.failed += 1
                 report.last_error = str(exc)
                 log.warning("judge %s: no verdict for %s: %s", self.judge_id, item.action_id, exc)
+                self._failures_in_a_row += 1
+                if self._failures_in_a_row >= self.failures_to_stop and not report.stopped:
+                    report.stopped = (f"{self._failures_in_a_row} model calls failed in a row (last: {exc}); the rest is "
+                                      "left unjudged: run the judge again once the model is reachable")
+                    log.error("judge %s stops: %s", self.judge_id, report.stopped)
                 return
+            finally:
+                self._reserved -= reserved
+            self._failures_in_a_row = 0
             report.requests += 1
             report.tokens += response.usage.prompt_tokens + response.usage.output_tokens
             model = response.model
@@ -301,7 +331,7 @@ class Judge:
             target_event_id=item.action_id, verdict="error", judge_id=self.judge_id,
             reason=f"malformed judge output {attempts}: {problem}"[:2000], usage=spent, cost_usd=cost_usd(model, spent),
         )
-        await self._append(item, error)
+        await self._append(item, error, final=False)
         report.errors += 1
         report.last_error = problem
 
@@ -320,8 +350,11 @@ class Judge:
             sampling=self.sampling, before=before,
         )
 
-    async def _append(self, item: _Work, verdict: ActionJudged) -> None:
-        new = NewEvent(event=verdict, event_id=judge_event_id(self.judge_id, item.action_id), causation_id=item.action_id)
+    async def _append(self, item: _Work, verdict: ActionJudged, *, final: bool = True) -> None:
+        """A final verdict (keep or mask) takes the deterministic event id, so the action is never
+        judged twice by this judge; an `error` takes a fresh one, so the next run tries again."""
+        event_id = judge_event_id(self.judge_id, item.action_id) if final else None
+        new = NewEvent(event=verdict, event_id=event_id, causation_id=item.action_id)
         await anyio.to_thread.run_sync(lambda: self.store.append(item.owner, [new], actor=self.actor))
 
 

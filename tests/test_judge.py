@@ -301,24 +301,24 @@ def test_never_more_requests_in_flight_than_the_bound(store):
 
 
 def test_the_budget_stops_new_requests_cleanly_and_a_rerun_continues(store):
+    """Each request reserves the most it can cost (its estimated prompt and the output limit)
+    before it is sent, so the budget is never exceeded; what is left waits for the next run."""
     make_run(store, "run-1", 8)
-    report, _ = judge_run(store, Model(), concurrency=1, budget_tokens=250)  # 100 tokens a verdict
-    assert report.budget_exhausted
-    assert (report.judged, report.remaining, report.errors) == (3, 5, 0)
-    assert report.tokens == 300
-    assert len(verdicts(store)) == 3
+    report, _ = judge_run(store, Model(), concurrency=1, budget_tokens=2_000)  # 100 tokens a verdict
+    assert report.budget_exhausted and 1 <= report.judged < 8 and report.errors == 0
+    assert report.tokens == 100 * report.judged <= 2_000
+    assert report.remaining == 8 - report.judged == 8 - len(verdicts(store))
     rest, _ = judge_run(store, Model())
-    assert (rest.judged, rest.skipped, rest.budget_exhausted) == (5, 3, False)
+    assert (rest.judged, rest.skipped, rest.budget_exhausted) == (8 - report.judged, report.judged, False)
     assert len(verdicts(store)) == 8
 
 
-def test_the_budget_lets_requests_in_flight_finish(store):
+def test_concurrent_requests_never_overshoot_the_budget(store):
     make_run(store, "run-1", 10)
-    model = Model(delay=0.02)
-    report, _ = judge_run(store, model, concurrency=4, budget_tokens=100)
-    # The first four start together; once they are spent nothing new starts.
-    assert report.judged == 4 and len(model.bodies) == 4 and report.budget_exhausted
-    assert report.remaining == 6
+    report, judge = judge_run(store, Model(delay=0.02), concurrency=4, budget_tokens=2_000)
+    # One request's reservation (about 1,000 output tokens and the prompt) leaves no room for
+    # a second: they go one at a time, and the spend stays within the budget.
+    assert judge.max_in_flight == 1 and report.tokens <= 2_000 and report.budget_exhausted
 
 
 # -- malformed output, refusals, outages ------------------------------------------------------
@@ -346,9 +346,10 @@ def test_output_that_stays_malformed_is_recorded_as_a_judge_error(store):
         assert recorded.event.reason.startswith("malformed judge output after 3 attempts: no JSON object")
     # an error verdict still records the three calls it cost
     assert sum(v.event.usage.prompt_tokens + v.event.usage.output_tokens for v in verdicts(store)) == report.tokens
-    # Recorded errors are verdicts: a rerun does not ask again.
+    # An error is not a verdict to keep: the next run asks again, and the errors stay recorded.
     again, _ = judge_run(store, Model())
-    assert (again.judged, again.skipped) == (0, 2)
+    assert (again.judged, again.skipped) == (2, 0)
+    assert sorted(v.event.verdict for v in verdicts(store)) == ["error", "error", "keep", "keep"]
 
 
 def test_a_cut_off_answer_is_malformed(store):
@@ -545,3 +546,22 @@ def test_a_killed_judge_resumes_with_the_rest_and_judges_nothing_twice(tmp_path)
     resumed = server.requests[asked_before:]
     assert len(resumed) == len(actions) - judged_before
     assert len(set(resumed)) == len(resumed)
+
+
+def test_an_unreachable_model_stops_the_judge_after_a_few_failures_in_a_row(store):
+    make_run(store, "run-1", 30)
+    calls = []
+
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        raise httpx.ConnectError("connection refused")
+
+    from apollo_es.models import OpenAIClient, RetryPolicy
+
+    client = OpenAIClient("jm", base_url="http://judge.invalid/v1", api_key="k",
+                          http_client=httpx.AsyncClient(transport=httpx.MockTransport(unreachable)),
+                          policy=RetryPolicy(max_attempts=1))
+    judge = Judge(store, client, concurrency=1, failures_to_stop=3)
+    report = anyio.run(judge.run)
+    assert report.failed == 3 and len(calls) == 3 and "3 model calls failed in a row" in report.stopped
+    assert report.remaining == 27 and verdicts(store) == []  # resumable: nothing recorded for them

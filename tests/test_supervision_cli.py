@@ -105,7 +105,7 @@ def test_judge_records_verdicts_and_reports(db, model):
 def test_judge_budget_message(db, model):
     result = invoke("judge", "run-1", "--model", "jm", "--concurrency", "1", "--budget-tokens", "150", "--db", db)
     assert result.exit_code == 0
-    assert "2 judged" in result.output and "Token budget spent: 3 actions left" in result.output
+    assert "0 judged" in result.output and "does not cover one request" in result.output
 
 
 def test_judge_argument_errors(db, model):

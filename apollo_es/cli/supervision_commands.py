@@ -107,7 +107,10 @@ def judge(store: EventStore, runs, all_runs, model, provider, base_url, concurre
             f"{report.pending} waiting for an observation, {report.failed} failed, {report.remaining} left; "
             f"{report.tokens:,} tokens in {report.requests} requests"
         )
-        if report.budget_exhausted:
+        if report.budget_exhausted and report.requests == 0:
+            click.echo("The token budget does not cover one request: each reserves its estimated prompt and the "
+                       "output limit (--max-output-tokens) before it is sent. Raise --budget-tokens.")
+        elif report.budget_exhausted:
             click.echo(f"Token budget spent: {report.remaining} actions left. Run the same command again to continue.")
         elif report.failed:
             click.echo(f"The model was unavailable for {report.failed} actions ({report.last_error}); run again to retry them.")
