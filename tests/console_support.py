@@ -3,6 +3,7 @@
 `ConsoleServer` serves `create_app` on a free loopback port from a thread. `PacedAgent` runs
 the real rollout engine, through the real anthropic SDK, against a scripted Messages API
 whose every answer waits for the test to release it, so a test decides when each step lands.
+The `browser` and `page` fixtures (import them into a test module) drive Debian's chromium.
 """
 
 from __future__ import annotations
@@ -151,3 +152,33 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
 ]
 """Headless on a closed network: without the networking flags chromium keeps trying to reach Google."""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    path = chromium_path()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page; the test fails if the page logged an error or threw."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    yield page
+    context.close()
+    assert not problems, problems
+
+
+def shot(page, name: str) -> None:
+    """A full-page screenshot into test-artifacts/console/."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")  # the sticky header belongs at the top of a full-page shot
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)

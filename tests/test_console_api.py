@@ -21,7 +21,8 @@ from apollo_es.console.app import _safe_dirname
 from apollo_es.console.hub import EventHub
 from apollo_es.console.runs import RunsIndex
 from apollo_es.tasks import Task
-from events import AgentActed, HumanIntervened, RunFinished, RunStarted, ToolCall, ToolObserved
+from events import AgentActed, ContextSummarized, HumanIntervened, RunFinished, RunStarted, ToolCall, ToolObserved
+from replay import state_at
 from tests.console_support import TOKEN, ConsoleServer, start_run
 from tests.scripted import ScriptedAnthropic, texts, tool_use
 
@@ -62,8 +63,26 @@ def test_runs_lists_every_run_and_branch_with_where_it_stands(store):
     assert run["tokens"] > 0 and run["last_event_at"].endswith("Z")
     branch = runs[child]
     assert (branch["parent_id"], branch["fork_version"], branch["root_id"], branch["steps"]) == ("run-1", 3, "run-1", 1)
-    assert runs["done"]["status"] == "finished"
+    assert (runs["done"]["status"], runs["done"]["score"], runs["done"]["agent"]) == ("finished", 0.5, False)
+    assert run["score"] is None and run["agent"] is False
     assert {r["stream_id"] for r in tree} == {"run-1", child}
+
+
+def test_context_at_a_version_is_the_fold_replay_shows(store):
+    store.append("run-1", [ContextSummarized(summary="Thought twice.", replaces_from=2, replaces_to=5)], actor="agent")  # v8
+    with ConsoleServer(store) as server:
+        get = lambda **params: httpx.get(f"{server.url}/api/context", params={"run": "run-1", **params})  # noqa: E731
+        before, now, beyond, unknown = get(version=3).json(), get().json(), get(version=99), get(run="nope")
+
+    expected = state_at(store, "run-1", 3)
+    assert (before["version"], before["tokens"], before["steps"]) == (3, expected.tokens, 1)
+    assert [(m["role"], m["version"], m["content"]) for m in before["messages"]] == [
+        (m.role, m.version, m.content) for m in expected.context.messages]
+    assert before["messages"][1]["tool_calls"][0]["arguments"] == {"thought": "step 1"}
+    assert [(m["source"], m["version"]) for m in now["messages"]] == [("task", 1), ("summary", 8), ("agent", 6), ("tool", 7)]
+    assert "Thought twice." in now["messages"][1]["content"]
+    assert beyond.status_code == 400 and "versions 1..8" in beyond.json()["error"]
+    assert unknown.status_code == 404
 
 
 @pytest.mark.parametrize(

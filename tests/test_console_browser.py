@@ -12,47 +12,13 @@ import pytest
 
 from apollo_es import EventStore
 from events import AgentActed, HumanIntervened, RunFinished, ToolCall, ToolObserved
-from tests.console_support import ARTIFACTS, CHROMIUM_ARGS, TOKEN, ConsoleServer, PacedAgent, chromium_path, start_run
+from tests.console_support import TOKEN, ConsoleServer, PacedAgent, browser, page, shot, start_run  # noqa: F401 (fixtures)
 from tests.scripted import texts, tool_use
 
 playwright = pytest.importorskip("playwright.sync_api")
 
 HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
 GUIDANCE = "Stop exploring; write hello.py and run it."
-
-
-@pytest.fixture(scope="module")
-def browser():
-    path = chromium_path()
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    problems: list[str] = []
-    page.on("pageerror", lambda error: problems.append(str(error)))
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    yield page
-    context.close()
-    assert not problems, problems
-
-
-def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.evaluate("window.scrollTo(0, 0)")  # the sticky header belongs at the top of a full-page shot
-    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
-
-
-def wait_until(condition, timeout: float = 20, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_annotator_watches_a_live_run_guides_it_and_branches_it(tmp_path, page):
@@ -76,22 +42,27 @@ def test_annotator_watches_a_live_run_guides_it_and_branches_it(tmp_path, page):
             page.dispatch_event("#annotator", "change")
             row = page.locator("tr[data-stream='run-1']")
             playwright.expect(row).to_contain_text("running")
-            playwright.expect(row.locator("td").nth(3)).to_have_text("1")
+            playwright.expect(row.locator("td.steps")).to_have_text("1")
+            playwright.expect(row.locator("td.model")).to_have_text("claude-test")
+            playwright.expect(row.locator("[data-agent]")).to_have_attribute("data-agent", "yes")  # the agent holds the run
             assert page.url == f"{server.url}/"  # the token left the address bar
             shot(page, "1-runs.png")
 
-            # The run page shows the timeline and grows without a reload.
+            # The run page shows the timeline, a step (action and observation) per row, and grows without a reload.
             row.locator("a").click()
-            page.wait_for_selector("article[data-version='3']")
+            page.wait_for_selector("article[data-versions='2 3']")
             page.evaluate("window.__sameDocument = true")
             agent.release(2)
-            output = page.locator("article[data-version='5']")
+            step2 = page.locator("article[data-step='2']")
+            playwright.expect(step2).to_have_attribute("data-versions", "4 5")
+            step2.locator("button.toggle").click()  # expand on demand
+            output = step2.locator("section[data-version='5']")
             playwright.expect(output).to_contain_text("<script>window.__pwned=2</script>")
             assert page.evaluate("window.__sameDocument") is True
             # Agent output is shown as text, never run or parsed as HTML.
             assert page.evaluate("window.__pwned") is None
             assert page.locator("article img, article script, article b").count() == 0
-            playwright.expect(page.locator("article[data-version='4']")).to_contain_text("<b>Not bold</b>")
+            playwright.expect(step2.locator("section[data-version='4']")).to_contain_text("<b>Not bold</b>")
 
             # Guidance sent while the model is thinking reaches its next request.
             agent.wait_for_request(3)
@@ -109,19 +80,19 @@ def test_annotator_watches_a_live_run_guides_it_and_branches_it(tmp_path, page):
             assert GUIDANCE not in "\n".join(texts(agent.requests[2]))
             assert GUIDANCE in "\n".join(texts(fourth))
             agent.release(4)
-            page.wait_for_selector("article[data-version='8']")
+            page.wait_for_selector("article[data-versions~='8']")
             playwright.expect(page.locator("#gauge-label")).to_contain_text("step 3")
             shot(page, "2-run-guided.png")
 
             # Approve an action for training; the decision shows beside it.
-            page.locator("article[data-version='4'] button.select").click()
+            page.locator("article[data-step='2'] button.select").click()
             page.fill("#step-message", "Checking the rendering is a fine step.")
             page.click("#approve-step")
             playwright.expect(page.locator("#message")).to_contain_text("approve of v4 recorded as v9")
-            playwright.expect(page.locator("article[data-version='4'] .annotations")).to_contain_text("approved by ana")
+            playwright.expect(page.locator("article[data-step='2'] .annotations")).to_contain_text("approved by ana")
 
             # Branch from the first action with other guidance; the branch shows in the tree.
-            page.locator("article[data-version='2'] button.select").click()
+            page.locator("article[data-step='1'] button.select").click()
             page.fill("#step-message", "Read the task again before listing files.")
             page.click("#branch-here")
             # v2 is an action: the branch forks after its result, never inventing a lost one
@@ -132,7 +103,9 @@ def test_annotator_watches_a_live_run_guides_it_and_branches_it(tmp_path, page):
 
             page.locator("#message a").click()
             page.wait_for_selector("article[data-kind='BranchCreated']")
-            playwright.expect(page.locator("article.inherited")).to_have_count(3)  # v1-v3 come from run-1
+            inherited = page.locator("article.inherited")
+            playwright.expect(inherited).to_have_count(2)  # v1, and step 1 (v2-v3), come from run-1
+            assert inherited.evaluate_all("rows => rows.map(r => r.dataset.versions)") == ["1", "2 3"]
             playwright.expect(page.locator("article[data-version='5']")).to_contain_text("Read the task again")
             playwright.expect(page.locator("#tree li.current")).to_contain_text("run-1~b1")
             shot(page, "4-branch.png")
@@ -188,7 +161,7 @@ def test_runs_page_filters_sorts_and_updates_live_with_the_token_off_loopback(tm
         page.goto(f"{server.url}/#token={TOKEN}")
         rows = page.locator("#runs tbody tr")
         playwright.expect(rows).to_have_count(3)
-        playwright.expect(page.locator("tr[data-stream='beta'] td").nth(7)).to_have_text("1")
+        playwright.expect(page.locator("tr[data-stream='beta'] td.open")).to_have_text("1")
 
         page.select_option("#status-filter", "finished")
         playwright.expect(rows).to_have_count(1)
@@ -232,8 +205,9 @@ def test_twenty_pages_on_one_run_each_show_every_event_in_order(tmp_path, browse
             time.sleep(0.02)
         last = 1 + 2 * steps
         for page in pages:
-            page.wait_for_selector(f"article[data-version='{last}']")
-        shown = [page.eval_on_selector_all("#timeline article", "items => items.map(a => Number(a.dataset.version))") for page in pages]
+            page.wait_for_selector(f"article[data-versions~='{last}']")
+        shown = [page.eval_on_selector_all("#timeline article", "rows => rows.flatMap(r => r.dataset.versions.split(' ').map(Number))")
+                 for page in pages]
         for context in contexts:
             context.close()
     assert all(versions == list(range(1, last + 1)) for versions in shown)

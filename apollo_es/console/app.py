@@ -3,7 +3,8 @@
 Pages are static files; everything they show comes from a small JSON API and two
 server-sent-event streams (the runs table, one run's timeline) fed by one `EventHub`.
 Writes go through the same functions the CLI uses (`apollo_es.interventions.intervene`,
-`replay.branch`), so an event written from the page is the event the CLI would write.
+`replay.branch`), so an event written from the page is the event the CLI would write; the
+context at a step comes from `replay.state_at`, the fold the agent itself uses.
 
 Who may do what: writes always need the token (`Authorization: Bearer TOKEN`); reads need
 it too unless the server listens on loopback only. Run ids travel as query parameters, never
@@ -32,15 +33,16 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from apollo_es.console.hub import EventHub
+from apollo_es.console.views import context_view, event_view
 from apollo_es.errors import ApolloError, ConcurrencyError, StoreBusyError, StreamExistsError, StreamNotFound
 from apollo_es.interventions import intervene, undelivered_warning
 from apollo_es.models import ModelClient
-from apollo_es.store import EventStore, RecordedEvent
+from apollo_es.store import EventStore
 from apollo_es.tasks import Task
 from apollo_es.tools import Workspace
 from projections.policy import annotations_for, decide
 from projections.rules import RuleSet
-from replay import branch, branch_workspace, continue_branch, fork_point
+from replay import branch, branch_workspace, continue_branch, fork_point, state_at
 from replay.rerun import refuse_imported
 
 __all__ = ["ConsoleSettings", "create_app"]
@@ -54,6 +56,8 @@ READ_COOKIE = "apollo_es_read"
 MAX_MESSAGE_CHARS = 20_000
 MAX_BODY_BYTES = 256 * 1024
 KEEPALIVE_SECONDS = 15.0
+SSE_BATCH = 500
+"""Backlog events per write on a run's event stream (the first batch shows before the rest is encoded)."""
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 SECURITY_HEADERS = [
@@ -229,7 +233,7 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
         authorize(request, write=False)
         run, after = run_param(request), version_param(request, "after")
         events = await anyio.to_thread.run_sync(store.read, run)
-        return _json({"run": run, "events": [_view(e) for e in events if e.version > after]})
+        return _json({"run": run, "events": [event_view(e) for e in events if e.version > after]})
 
     async def run_events_stream(request: Request) -> Response:
         """The run's events after `after` (or Last-Event-ID), then each new one as it lands."""
@@ -243,21 +247,31 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
             sent = after
             # Subscribe before reading the backlog: whatever lands in between arrives twice and
             # is skipped by version, rather than falling into a gap.
+            # Events go out a batch per write, not one write each: a 5,000-event backlog is then
+            # a few large writes instead of 5,000 small ones.
             with hub.subscribe() as receive:
-                for recorded in await anyio.to_thread.run_sync(store.read, run):
-                    if recorded.version > sent:
-                        yield _sse("event", _view(recorded), id=recorded.version)
-                        sent = recorded.version
+                backlog = [r for r in await anyio.to_thread.run_sync(store.read, run) if r.version > sent]
+                for start in range(0, len(backlog), SSE_BATCH):
+                    yield b"".join(_sse("event", event_view(r), id=r.version) for r in backlog[start:start + SSE_BATCH])
+                sent = backlog[-1].version if backlog else sent
                 async for batch in _with_keepalive(receive):
                     if batch is None:
                         yield b": keep-alive\n\n"
                         continue
-                    for recorded in batch.events:
-                        if recorded.stream_id == run and recorded.version > sent:
-                            yield _sse("event", _view(recorded), id=recorded.version)
-                            sent = recorded.version
+                    new = [r for r in batch.events if r.stream_id == run and r.version > sent]
+                    if new:
+                        yield b"".join(_sse("event", event_view(r), id=r.version) for r in new)
+                        sent = new[-1].version
 
         return _event_stream(events())
+
+    async def run_context(request: Request) -> Response:
+        """The context as the model saw it after `?version=` (default: the head), through the one fold."""
+        authorize(request, write=False)
+        run = run_param(request)
+        version = version_param(request, "version") or None
+        state = await anyio.to_thread.run_sync(state_at, store, run, version)
+        return _json(context_view(state))
 
     async def annotations(request: Request) -> Response:
         """Rule hits, judge verdicts and rejects of the run's actions, and keep or mask."""
@@ -360,6 +374,7 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
         Route("/api/runs/stream", runs_stream),
         Route("/api/events", run_events),
         Route("/api/events/stream", run_events_stream),
+        Route("/api/context", run_context),
         Route("/api/annotations", annotations),
         Route("/api/live", live_branches),
         Route("/api/session", read_session, methods=["POST"]),
@@ -377,15 +392,6 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(data), status_code=status, media_type="application/json")
-
-
-def _view(recorded: RecordedEvent) -> dict[str, Any]:
-    """An event as the run page gets it: the envelope plus the payload as plain JSON."""
-    return {
-        "stream_id": recorded.stream_id, "version": recorded.version, "position": recorded.position,
-        "kind": recorded.kind, "actor": recorded.actor, "recorded_at": recorded.recorded_at,
-        "event_id": recorded.event_id, "causation_id": recorded.causation_id, "event": msgspec.to_builtins(recorded.event),
-    }
 
 
 def _sse(event: str, data: Any, *, id: int | None = None) -> bytes:

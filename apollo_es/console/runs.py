@@ -45,6 +45,10 @@ class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
     """Human messages recorded that the agent has not seen yet."""
     cost_usd: float | None = None
     """What this stream's own model calls cost (a branch's inherited calls are its parent's)."""
+    score: float | None = None
+    """`RunFinished.score` once the run ended with one."""
+    agent: bool = False
+    """An agent holds the run's lease right now (it is `running`, or `stopping`)."""
 
 
 def describe_action(action: AgentActed, width: int = 120) -> str:
@@ -105,6 +109,8 @@ class _Entry:
             last_event_at=self.last_event_at,
             open_interventions=waiting,
             cost_usd=self.cost_usd,
+            score=context.finished.score if context.finished else None,
+            agent=held,
         )
 
 

@@ -1,14 +1,19 @@
 "use strict";
-// The run page: the timeline as it grows, annotations beside actions, the context gauge,
-// interventions, branching and the branch tree.
+// The run page: the timeline as compact step rows (timeline.js) that grows live, with search,
+// filters, jump to a step and auto-follow; annotations beside actions, the context gauge and
+// the context at any step; interventions, branching and the branch tree.
 (async () => {
   const { el, api, stream, config, fmt, runLink, syncClock, showConnection, annotator } = Console;
   const runId = new URLSearchParams(location.search).get("id") || "";
-  const LONG_CHARS = 1500, LONG_LINES = 20;
 
-  const timeline = document.getElementById("timeline");
-  const items = new Map();        // version -> element
-  const actions = new Map();      // event_id -> action element
+  const follow = document.getElementById("follow");
+  const timeline = Timeline.create({
+    container: document.getElementById("timeline"),
+    runId,
+    onSelect: (e, row) => select(e, row),
+    onContext: (version, step) => ContextView.show(runId, version, `Context the model saw for step #${step} (after v${version})`),
+    onRendered: () => refreshAnnotations(),
+  });
   let head = 0, selected = null;
 
   document.getElementById("run-title").textContent = runId;
@@ -20,87 +25,10 @@
     message.className = isError ? "message error" : "message ok";
   }
 
-  // -- rendering one event --------------------------------------------------------------
-
-  function block(text, label) {
-    // Long text starts collapsed; short text is shown whole.
-    const lines = text.split("\n").length;
-    const pre = el("pre", {}, text);
-    if (text.length <= LONG_CHARS && lines <= LONG_LINES) return pre;
-    return el("details", {}, el("summary", {}, `${label}: ${fmt(lines)} lines, ${fmt(text.length)} characters`), pre);
-  }
-
-  function toolCall(call) {
-    const args = call.raw_arguments !== null && call.raw_arguments !== undefined
-      ? call.raw_arguments : JSON.stringify(call.arguments, null, 2);
-    return el("div", { class: "tool-call" }, el("span", { class: "tool-name" }, call.name), block(args, "arguments"));
-  }
-
-  function body(e) {
-    const ev = e.event;
-    switch (e.kind) {
-      case "RunStarted":
-        return [el("div", { class: "muted" }, `task ${ev.task_id} · model ${ev.model || "?"} · summary at ${fmt(ev.summary_threshold)} tokens`),
-                block(ev.task, "task")];
-      case "AgentActed":
-        return [
-          ev.reasoning ? el("details", { class: "reasoning" }, el("summary", {}, "reasoning"), el("pre", {}, ev.reasoning)) : null,
-          ev.text ? el("div", { class: "text" }, block(ev.text, "text")) : null,
-          ...ev.tool_calls.map(toolCall),
-          el("div", { class: "annotations" }),
-        ];
-      case "ToolObserved":
-        return [el("div", { class: "muted" },
-                   `${ev.tool_name || "feedback"}${ev.exit_code !== null && ev.exit_code !== undefined ? ` · exit ${ev.exit_code}` : ""}` +
-                   `${ev.truncated ? " · truncated" : ""} · ${fmt(Math.round(ev.duration_ms))} ms`),
-                block(ev.output, "output")];
-      case "HumanIntervened":
-        return [el("div", {}, el("b", {}, `${ev.kind} from ${ev.annotator}`),
-                   ev.seen_version ? el("span", { class: "muted" }, ` (saw v${ev.seen_version})`) : null),
-                el("pre", {}, ev.message)];
-      case "ContextSummarized":
-        return [el("div", { class: "muted" },
-                   `replaces v${ev.replaces_from}–v${ev.replaces_to} · ${fmt(ev.tokens_before)} → ${fmt(ev.tokens_after)} tokens`),
-                block(ev.summary, "summary")];
-      case "ActionJudged":
-        return [el("div", {}, `${ev.verdict}${ev.score !== null && ev.score !== undefined ? ` (${ev.score})` : ""} by ${ev.judge_id}`),
-                ev.reason ? el("pre", {}, ev.reason) : null];
-      case "BranchCreated":
-        return [el("div", {}, `branched from `, el("a", { href: runLink(ev.parent_stream) }, ev.parent_stream),
-                   ` at v${ev.fork_version}`, ev.reason ? ` — ${ev.reason}` : "")];
-      case "RunReconfigured": {
-        const changed = Object.entries(ev).filter(([key, value]) => key !== "type" && key !== "reason" && value !== null)
-          .map(([key, value]) => `${key} = ${JSON.stringify(value)}`);
-        return [el("div", {}, el("b", {}, "settings changed"), ev.reason ? ` — ${ev.reason}` : ""),
-                el("div", { class: "muted" }, changed.join(" · "))];
-      }
-      case "RunFinished":
-        return [el("div", {}, el("b", {}, ev.status), ev.score !== null && ev.score !== undefined ? ` · score ${ev.score}` : "",
-                   ev.error ? ` · ${ev.error}` : ""),
-                ev.final_answer ? block(ev.final_answer, "final answer") : null];
-      default:
-        return [el("pre", {}, JSON.stringify(ev, null, 2))];
-    }
-  }
-
-  function render(e) {
-    const inherited = e.stream_id !== runId;
-    const item = el("article", { class: `event kind-${e.kind}${inherited ? " inherited" : ""}`, dataset: { version: e.version, kind: e.kind } },
-      el("header", {},
-        el("span", { class: "version" }, `v${e.version}`),
-        el("span", { class: "kind" }, e.kind),
-        el("span", { class: "actor" }, e.actor),
-        inherited ? el("span", { class: "muted" }, `from ${e.stream_id}`) : null,
-        el("time", { title: e.recorded_at, dataset: { at: e.recorded_at } }, e.recorded_at.slice(11, 19)),
-        e.kind === "AgentActed" || e.kind === "ToolObserved" || e.kind === "RunStarted" || e.kind === "HumanIntervened"
-          ? el("button", { type: "button", class: "select", onclick: () => select(e) }, "select") : null),
-      ...body(e));
-    if (e.kind === "AgentActed") actions.set(e.event_id, item);
-    return item;
-  }
+  // -- events onto the page -------------------------------------------------------------------
 
   // Events are put on the page once per frame, however many arrive: a long run's backlog
-  // then costs one layout, not one per event.
+  // then costs one layout per frame, not one per event.
   const incoming = [];
   function add(e) {
     incoming.push(e);
@@ -108,23 +36,75 @@
   }
 
   function flush() {
-    const stick = window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
-    const fragment = document.createDocumentFragment();
-    let last = null, annotate = false;
-    for (const e of incoming.splice(0)) {
-      if (items.has(e.version)) continue;
-      last = render(e);
-      items.set(e.version, last);
-      fragment.append(last);
-      head = Math.max(head, e.version);
-      annotate = annotate || e.kind !== "BranchCreated";  // rules look at observations and endings too
-    }
-    if (!last) return;
-    timeline.append(fragment);
+    const batch = incoming.splice(0);
+    if (!timeline.add(batch)) return;
+    head = Math.max(head, ...batch.map((e) => e.version));
     document.getElementById("seen-note").textContent = `You are looking at v${head}; what you send is recorded as seen there.`;
-    if (stick) last.scrollIntoView({ block: "end" });
-    if (annotate) refreshAnnotations();
+    offerTools();
+    if (filtering()) applyFilter();
+    if (follow.checked) timeline.last().scrollIntoView({ block: "end" });
   }
+
+  // -- search, filters, jump, follow ----------------------------------------------------------------
+
+  const search = document.getElementById("search");
+  const filters = ["kind-filter", "tool-filter", "state-filter"].map((id) => document.getElementById(id));
+  const [kindFilter, toolFilter, stateFilter] = filters;
+
+  function filtering() { return Boolean(search.value.trim() || filters.some((f) => f.value)); }
+
+  function applyFilter() {
+    const shown = timeline.setFilter({ text: search.value, group: kindFilter.value, tool: toolFilter.value, state: stateFilter.value });
+    document.getElementById("shown").textContent = filtering() ? `${fmt(shown)} of ${fmt(timeline.size)} rows` : "";
+  }
+
+  function offerTools() {
+    const known = [...toolFilter.options].slice(1).map((o) => o.value);
+    const tools = timeline.tools;
+    if (tools.length === known.length) return;
+    const chosen = toolFilter.value;
+    toolFilter.replaceChildren(el("option", { value: "" }, "any"), ...tools.map((name) => el("option", { value: name }, name)));
+    toolFilter.value = chosen;
+  }
+
+  let searchTimer = null;
+  search.addEventListener("input", () => { clearTimeout(searchTimer); searchTimer = setTimeout(applyFilter, 150); });
+  for (const f of filters) f.addEventListener("change", applyFilter);
+  document.getElementById("find").addEventListener("submit", (event) => { event.preventDefault(); applyFilter(); });
+
+  function setFollow(on, why) {
+    follow.checked = on;
+    document.getElementById("follow-note").textContent = on ? "Following new steps as they land." : `Paused following${why ? ` (${why})` : ""}.`;
+  }
+  follow.addEventListener("change", () => {
+    setFollow(follow.checked);
+    if (follow.checked && timeline.last()) timeline.last().scrollIntoView({ block: "end" });
+  });
+  // Scrolling up to read is the annotator taking over: stop pulling the page down.
+  window.addEventListener("wheel", (event) => { if (event.deltaY < 0 && follow.checked) setFollow(false, "you scrolled up"); }, { passive: true });
+  window.addEventListener("keydown", (event) => {
+    if (["PageUp", "Home", "ArrowUp"].includes(event.key) && !event.target.closest("input, textarea, select") && follow.checked) {
+      setFollow(false, "you scrolled up");
+    }
+  });
+
+  document.getElementById("jump-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const n = Number(document.getElementById("jump").value);
+    const row = Number.isInteger(n) ? timeline.stepRow(n) : null;
+    if (!row) { say(`No step ${document.getElementById("jump").value}: this run has ${timeline.steps} steps so far.`, true); return; }
+    if (row.el.hidden) {
+      search.value = "";
+      for (const f of filters) f.value = "";
+      applyFilter();
+    }
+    setFollow(false, `showing step #${n}`);
+    timeline.open(row);
+  });
+
+  setFollow(follow.checked);
+  document.getElementById("context-now").addEventListener("click",
+    () => ContextView.show(runId, 0, "Context of the model's next request"));
 
   // -- annotations beside actions -----------------------------------------------------------
 
@@ -134,16 +114,8 @@
     annotationTimer = setTimeout(async () => {
       try {
         const data = await api("/api/annotations?run=" + encodeURIComponent(runId));
-        for (const [eventId, decision] of Object.entries(data.decisions)) {
-          const item = actions.get(eventId);
-          if (!item) continue;
-          const box = item.querySelector(".annotations");
-          const badges = decision.reasons.map((r) => el("span", { class: `badge ${r.source}${r.masks ? " masks" : ""}`, title: r.detail },
-            `${r.source} ${r.name}: ${r.detail}`));
-          if (!decision.keep) badges.unshift(el("span", { class: "badge masked" }, "masked from training"));
-          box.replaceChildren(...badges);
-          item.classList.toggle("masked", !decision.keep);
-        }
+        timeline.annotate(data.decisions);
+        if (filtering()) applyFilter();
       } catch (error) { /* annotations are advisory; the next event retries */ }
     }, 500);
   }
@@ -230,10 +202,10 @@
     } catch (error) { say(`Not sent — ${error.message}`, true); }
   }
 
-  function select(e) {
+  function select(e, row) {
     selected = e;
-    for (const item of timeline.querySelectorAll(".selected")) item.classList.remove("selected");
-    items.get(e.version).classList.add("selected");
+    for (const item of document.querySelectorAll("#timeline .selected")) item.classList.remove("selected");
+    row.classList.add("selected");
     document.getElementById("selected-note").textContent =
       `v${e.version} (${e.kind}). A branch keeps v1–v${e.version} and starts with your guidance.`;
     document.getElementById("step-message").disabled = false;

@@ -1,5 +1,5 @@
 "use strict";
-// The runs page: every run and branch, live, with filter and sort.
+// The runs page: every run and branch, live, with model, status, agent, cost and score; filter and sort.
 (async () => {
   const { el, stream, ago, fmt, runLink, syncClock, showConnection } = Console;
   const runs = new Map();
@@ -9,26 +9,27 @@
   const filter = document.getElementById("filter");
   const statusFilter = document.getElementById("status-filter");
   const waitingOnly = document.getElementById("waiting-only");
+  const agentOnly = document.getElementById("agent-only");
 
   function matches(run) {
     const text = filter.value.trim().toLowerCase();
     if (statusFilter.value && run.status !== statusFilter.value) return false;
     if (waitingOnly.checked && !run.open_interventions) return false;
+    if (agentOnly.checked && !run.agent) return false;
     if (!text) return true;
     return [run.stream_id, run.task_id, run.task, run.status, run.model, run.last_action]
       .some((field) => String(field || "").toLowerCase().includes(text));
   }
 
   function compare(a, b) {
-    const x = a[sortKey], y = b[sortKey];
-    const order = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
+    const x = a[sortKey] ?? -Infinity, y = b[sortKey] ?? -Infinity;  // no cost or score yet: lowest
+    const order = x === y ? 0 : typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
     return descending ? -order : order;
   }
 
   function gauge(run) {
     const share = run.summary_threshold ? Math.min(1, run.tokens / run.summary_threshold) : 0;
-    const spent = run.cost_usd != null ? ` · $${run.cost_usd.toFixed(2)} spent` : "";
-    return el("td", { class: "num", title: `${fmt(run.tokens)} of ${fmt(run.summary_threshold)} tokens before a summary${spent}` },
+    return el("td", { class: "num", title: `${fmt(run.tokens)} of ${fmt(run.summary_threshold)} tokens before a summary` },
       el("span", { class: "mini-gauge" }, el("span", { class: share > 0.9 ? "fill hot" : "fill", style: { width: `${Math.round(share * 100)}%` } })),
       ` ${fmt(run.tokens)}`);
   }
@@ -38,15 +39,25 @@
       run.parent_id ? el("span", { class: "muted" }, "↳ ") : null,
       el("a", { href: runLink(run.stream_id) }, run.stream_id),
       run.parent_id ? el("div", { class: "muted small" }, `from ${run.parent_id} @v${run.fork_version}`) : null);
+    // The status comes from the one status function (projections/status.py); "agent" says
+    // whether an agent holds the run's lease right now.
+    const status = el("td", { class: "status-cell" },
+      el("span", { class: `status ${run.status}` }, run.status),
+      el("span", { class: run.agent ? "agent" : "agent none", title: run.agent ? "an agent holds this run" : "no agent holds this run",
+                   dataset: { agent: run.agent ? "yes" : "no" } }, run.agent ? "● agent" : "○ no agent"));
     return el("tr", { dataset: { stream: run.stream_id } },
       name,
-      el("td", {}, el("span", { class: `status ${run.status}` }, run.status)),
+      status,
+      el("td", { class: "model" }, run.model),
       el("td", { class: "task", title: run.task }, run.task_id || run.task),
-      el("td", { class: "num" }, fmt(run.steps)),
+      el("td", { class: "num steps" }, fmt(run.steps)),
       gauge(run),
+      el("td", { class: "num cost", title: "what this stream's own model calls cost" },
+        run.cost_usd == null ? "—" : `$${run.cost_usd.toFixed(run.cost_usd < 0.01 ? 4 : 2)}`),
+      el("td", { class: "num score" }, run.score != null ? String(run.score) : "—"),
       el("td", { class: "last-action", title: run.last_action }, run.last_action),
-      el("td", { class: "ago", dataset: { at: run.last_event_at } }, ago(run.last_event_at)),
-      el("td", { class: run.open_interventions ? "num waiting" : "num" }, fmt(run.open_interventions)));
+      el("td", { class: "ago", title: run.last_event_at, dataset: { at: run.last_event_at } }, ago(run.last_event_at)),
+      el("td", { class: run.open_interventions ? "num open waiting" : "num open" }, fmt(run.open_interventions)));
   }
 
   function render() {
@@ -67,7 +78,7 @@
       render();
     });
   }
-  for (const input of [filter, statusFilter, waitingOnly]) input.addEventListener("input", render);
+  for (const input of [filter, statusFilter, waitingOnly, agentOnly]) input.addEventListener("input", render);
 
   // Live updates redraw the table at most once per frame, however many rows change.
   let pending = false;
