@@ -32,6 +32,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from apollo_es.console.limits import Backlogs, BodyTooLarge, Slot, StreamSlots, TooManyStreams, read_body
 from apollo_es.console.hub import EventHub
 from apollo_es.console.views import context_view, event_view
 from apollo_es.errors import ApolloError, ConcurrencyError, StoreBusyError, StreamExistsError, StreamNotFound
@@ -89,6 +90,10 @@ class ConsoleSettings(msgspec.Struct, kw_only=True):
     """Rebuild workspaces of imported runs by executing their recorded commands (in the sandbox)."""
     rules: RuleSet = msgspec.field(default_factory=RuleSet.default)
     poll_interval: float = 0.1
+    max_streams_per_client: int = 64
+    """Open event streams one client address may hold (a page uses one or two)."""
+    max_streams: int = 512
+    """Open event streams in all."""
 
 
 # -- request bodies ---------------------------------------------------------------------
@@ -123,6 +128,18 @@ class HTTPProblem(Exception):
 def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
     """The console over `store` (kept open by the caller for the app's lifetime)."""
     hub = EventHub(store, poll_interval=settings.poll_interval)
+    slots = StreamSlots(settings.max_streams_per_client, settings.max_streams)
+    backlogs = Backlogs(store, lambda events: b"".join(_sse("event", event_view(r), id=r.version) for r in events), batch=SSE_BATCH)
+
+    def stream_slot(request: Request) -> Slot:
+        """A slot for one event stream, taken before the response starts (429 when none is free).
+
+        The stream's generator holds it; it is released when the generator ends or, if the
+        client left before the generator started, when the generator is dropped."""
+        try:
+            return slots.take(request.client.host if request.client else "")
+        except TooManyStreams as exc:
+            raise HTTPProblem(429, str(exc), {"Retry-After": "5"}) from None
     continuations: dict[str, str] = {}  # branch id -> "running" | final status | "error: ..."
     decided: dict[str, tuple[int, dict[str, Any]]] = {}  # run -> (log position, decisions)
     decided_lock = threading.Lock()  # filled from worker threads
@@ -152,12 +169,10 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
             raise HTTPProblem(401, f"{what} needs the console token: send Authorization: Bearer TOKEN", {"WWW-Authenticate": "Bearer"})
 
     async def body(request: Request, kind: type[msgspec.Struct]) -> Any:
-        declared = request.headers.get("content-length", "0")
-        if DIGITS.fullmatch(declared) and int(declared) > MAX_BODY_BYTES:
-            raise HTTPProblem(413, f"request body over {MAX_BODY_BYTES} bytes")
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise HTTPProblem(413, f"request body over {MAX_BODY_BYTES} bytes")
+        try:
+            raw = await read_body(request, MAX_BODY_BYTES)
+        except BodyTooLarge as exc:
+            raise HTTPProblem(413, str(exc)) from None
         try:
             value = msgspec.json.decode(raw, type=kind)
         except msgspec.ValidationError as exc:
@@ -215,9 +230,10 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
     async def runs_stream(request: Request) -> Response:
         authorize(request, write=False)
         root = await tree_root(request)
+        slot = stream_slot(request)
 
         async def events() -> AsyncIterator[bytes]:
-            with hub.subscribe() as receive:
+            with slot, hub.subscribe() as receive:
                 yield _sse("runs", {"server_time": _now(), "runs": hub.index.summaries(root)})
                 async for batch in _with_keepalive(receive):
                     if batch is None:
@@ -242,18 +258,24 @@ def create_app(store: EventStore, settings: ConsoleSettings) -> Starlette:
         last_id = request.headers.get("last-event-id", "")
         after = int(last_id) if DIGITS.fullmatch(last_id) else version_param(request, "after")
         await anyio.to_thread.run_sync(store.head, run)  # unknown run: 404 before the stream starts
+        slot = stream_slot(request)
 
         async def events() -> AsyncIterator[bytes]:
             sent = after
             # Subscribe before reading the backlog: whatever lands in between arrives twice and
-            # is skipped by version, rather than falling into a gap.
-            # Events go out a batch per write, not one write each: a 5,000-event backlog is then
-            # a few large writes instead of 5,000 small ones.
-            with hub.subscribe() as receive:
-                backlog = [r for r in await anyio.to_thread.run_sync(store.read, run) if r.version > sent]
-                for start in range(0, len(backlog), SSE_BATCH):
-                    yield b"".join(_sse("event", event_view(r), id=r.version) for r in backlog[start:start + SSE_BATCH])
-                sent = backlog[-1].version if backlog else sent
+            # is skipped by version, rather than falling into a gap. The backlog's chunks are
+            # shared by every viewer of the run (limits.Backlogs); a chunk partly sent before
+            # is sent again from its start only if it holds events the page has not seen.
+            with slot, hub.subscribe() as receive:
+                for first, last, chunk in await anyio.to_thread.run_sync(backlogs.chunks, run):
+                    if last <= sent:
+                        continue
+                    if first > sent:
+                        yield chunk
+                    else:  # a page reconnecting mid-chunk: only what it lacks (rare, so not shared)
+                        tail = [r for r in await anyio.to_thread.run_sync(store.read, run) if sent < r.version <= last]
+                        yield b"".join(_sse("event", event_view(r), id=r.version) for r in tail)
+                    sent = last
                 async for batch in _with_keepalive(receive):
                     if batch is None:
                         yield b": keep-alive\n\n"
