@@ -85,3 +85,8 @@ def test_cost_benchmark_smoke(tmp_path: Path) -> None:
     assert rows["cost"]["details"]["cheaper_by"] > 1 and isinstance(rows["cost"]["passed"], bool)
     details = rows["full_price_prompt_tokens"]["details"]
     assert details["cache_read_tokens"] > details["cache_write_tokens"] > 0
+
+
+def test_corruption_benchmark_smoke(tmp_path: Path) -> None:
+    [row] = run_smoke("corruption.py", tmp_path)["rows"]
+    assert row["key"] == "index_flips" and row["ours"] == 100.0 and row["details"]["silent_after"] == 0
