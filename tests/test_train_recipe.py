@@ -20,6 +20,7 @@ from apollo_es.cli import cli  # noqa: E402
 from train.attention import SDPA_SEGMENTS, register_attention  # noqa: E402
 from train.checkpoint import list_checkpoints  # noqa: E402
 from train.data import IGNORE_INDEX, DataOrder, labels_from_mask, open_dataset, plan_step  # noqa: E402
+from train.export import export_checkpoint  # noqa: E402
 from train.metrics import read_metrics  # noqa: E402
 from train.model import PackedCausalLM, build_model  # noqa: E402
 from train.recipe import accumulate_gradients, learning_rate, run  # noqa: E402
@@ -100,9 +101,9 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(dataset, tmp_path: Path)
     assert lrs == [r["lr"] for r in read_metrics(tmp_path / "straight")]
     from safetensors.torch import load_file
 
-    a = load_file(tmp_path / "straight/checkpoints/step-8/model.safetensors")
-    b = load_file(tmp_path / "resumed/checkpoints/step-8/model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a = load_file(export_checkpoint(tmp_path / "straight/checkpoints/step-8", tmp_path / "a") / "model.safetensors")
+    b = load_file(export_checkpoint(tmp_path / "resumed/checkpoints/step-8", tmp_path / "b") / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_offloaded_checkpoints_and_bf16_autocast_train_the_same_curve(dataset, tmp_path: Path) -> None:
@@ -166,10 +167,14 @@ def test_cli_trains_writes_metrics_checkpoints_and_a_plot(dataset, tmp_path: Pat
         assert all(key in r for r in records), key
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-2", "step-3"]
     final = tmp_path / "run/checkpoints/step-3"
-    assert (final / "config.json").is_file() and (final / "model.safetensors").is_file() and (final / "tokenizer.json").is_file()
+    assert (final / "config.json").is_file() and (final / "state/.metadata").is_file() and (final / "tokenizer.json").is_file()
+    result = CliRunner().invoke(cli, ["export-checkpoint", str(final), str(tmp_path / "hf"), "--dtype", "bf16"])
+    assert result.exit_code == 0, result.output
     from transformers import AutoModelForCausalLM
 
-    assert AutoModelForCausalLM.from_pretrained(final).config.vocab_size == 256  # a plain HF model directory
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")  # a plain HF model directory
+    assert exported.config.vocab_size == 256 and exported.dtype == torch.bfloat16 and exported.config.use_cache
+    assert (tmp_path / "hf/tokenizer.json").read_bytes() == (tok / "tokenizer.json").read_bytes()
 
     result = CliRunner().invoke(cli, ["plot-metrics", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output

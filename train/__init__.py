@@ -6,7 +6,8 @@
 Modules, each named for what it holds: `config` (the TOML config), `data` (dataset checks,
 data order, best-fit-decreasing packing, sharding across ranks), `attention` (per-sample
 attention registered with transformers), `loss` (chunked cross-entropy), `model` (loading
-and the loss wrapper), `checkpoint`, `metrics`, `tokenizer` (the tokenizer hash), and
+and the loss wrapper), `sharding` (FSDP2), `checkpoint` (sharded, DCP), `export` (a Hugging Face
+directory from a checkpoint), `metrics`, `tokenizer` (the tokenizer hash), and
 `recipe`, which reads top to bottom. Importing this package does not import torch.
 """
 

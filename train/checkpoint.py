@@ -1,19 +1,23 @@
-"""Checkpoints: a Hugging Face model directory plus what it takes to resume exactly.
+"""Checkpoints: sharded training state (torch.distributed.checkpoint) plus what it takes to resume.
 
     RUN_DIR/checkpoints/step-N/
-        config.json, model.safetensors, ...   save_pretrained, fp32 master weights
-        tokenizer files                        copied byte for byte (same tokenizer hash)
-        optimizer.pt                           one process: AdamW's state_dict
-        optimizer/                             several (FSDP2): torch.distributed.checkpoint, sharded
-        scheduler.pt                           the LR scheduler's state_dict
-        rng/rank-R.pt                          each rank's torch (and CUDA) RNG state
-        trainer_state.json                     step, data order position, world size, dataset hash
+        state/                 DCP: model weights (fp32 masters) and AdamW state, each rank
+                               writing its own shards (__R_0.distcp) plus one .metadata
+        config.json            the model's Hugging Face config (resume and export build from it)
+        tokenizer files        copied byte for byte (same tokenizer hash)
+        scheduler.pt           the LR scheduler's state_dict
+        rng/rank-R.pt          each rank's torch (and CUDA) RNG state
+        trainer_state.json     step, data order position, world size, dataset hash
+
+No rank ever gathers the whole model: each writes the shards it holds. DCP records every
+tensor's global shape, so a checkpoint loads into any world size (2 ranks -> 1, 4 -> 8):
+each rank reads the pieces overlapping its new shards. The data position is the step
+number, and the plan of a step does not depend on the world size, so a resumed run
+continues the same loss curve on another number of processes.
 
 A checkpoint is written into `step-N.partial/` and renamed when complete, and
-`trainer_state.json` is written last, so a directory named `step-N` is always whole. The
-directory is a usable model on its own: `from_pretrained("RUN_DIR/checkpoints/step-N")`.
-Resuming loads the weights from it, then the optimizer, scheduler, RNG and data position,
-so the loss curve continues exactly where it stopped.
+`trainer_state.json` is written last, so a directory named `step-N` is always whole. It is
+not a Hugging Face model directory: `python -m train.export CHECKPOINT OUT_DIR` writes one.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from torch import nn
 from train.errors import TrainError
 from train.tokenizer import copy_tokenizer
 
-__all__ = ["TrainerState", "find_checkpoint", "list_checkpoints", "load_training_state", "save_checkpoint"]
+__all__ = ["TrainerState", "find_checkpoint", "list_checkpoints", "load_training_state", "load_weights", "save_checkpoint"]
 
 STATE_FILE = "trainer_state.json"
+STATE_DIR = "state"
 
 
 @dataclass
@@ -95,13 +100,15 @@ def save_checkpoint(
     state: TrainerState,
     *,
     hf_model: nn.Module,
-    wrapper: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     tokenizer_dir: str | Path,
     keep_last: int = 0,
 ) -> Path:
     """Write checkpoint step-N (every rank calls this); returns its path."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
     rank, world = _rank()
     final = Path(run_dir) / "checkpoints" / f"step-{state.step}"
     partial = final.with_name(final.name + ".partial")
@@ -109,24 +116,15 @@ def save_checkpoint(
         shutil.rmtree(partial, ignore_errors=True)
         (partial / "rng").mkdir(parents=True)
     _barrier()
-    if world == 1:
-        hf_model.save_pretrained(partial)
-        torch.save(optimizer.state_dict(), partial / "optimizer.pt")
-    else:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
-
-        full = get_model_state_dict(wrapper, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if rank == 0:
-            hf_model.save_pretrained(partial, state_dict={k.removeprefix("model."): v for k, v in full.items()})
-        del full
-        dcp.save({"optimizer": get_optimizer_state_dict(wrapper, optimizer)}, checkpoint_id=str(partial / "optimizer"))
+    model_state, optimizer_state = get_state_dict(hf_model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(partial / STATE_DIR), no_dist=world == 1)
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     torch.save(rng, partial / "rng" / f"rank-{rank}.pt")
     _barrier()
     if rank == 0:
+        hf_model.config.save_pretrained(partial)
         torch.save(scheduler.state_dict(), partial / "scheduler.pt")
         copy_tokenizer(tokenizer_dir, partial)
         (partial / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
@@ -140,22 +138,30 @@ def save_checkpoint(
     return final
 
 
-def load_training_state(checkpoint: Path, *, wrapper: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-    """Restore optimizer, scheduler and RNG (the weights were loaded with the model)."""
-    rank, world = _rank()
-    if world == 1:
-        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-    else:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+def load_training_state(checkpoint: Path, *, hf_model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """Restore weights and AdamW state (into this world size's shards), scheduler and RNG."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-        target = {"optimizer": get_optimizer_state_dict(wrapper, optimizer)}
-        dcp.load(target, checkpoint_id=str(checkpoint / "optimizer"))
-        set_optimizer_state_dict(wrapper, optimizer, target["optimizer"])
+    rank, world = _rank()
+    model_state, optimizer_state = get_state_dict(hf_model, optimizer)
+    target = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(target, checkpoint_id=str(checkpoint / STATE_DIR), no_dist=world == 1)
+    set_state_dict(hf_model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
     scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
     rng_file = checkpoint / "rng" / f"rank-{rank}.pt"
-    if rng_file.is_file():
+    if rng_file.is_file():  # absent when resuming on more ranks than wrote the checkpoint
         rng = torch.load(rng_file, weights_only=True)
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
+
+
+def load_weights(checkpoint: Path, hf_model: nn.Module) -> None:
+    """Load only the model weights of a checkpoint into `hf_model` (sharded or not)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    target = {"model": get_model_state_dict(hf_model)}
+    dcp.load(target, checkpoint_id=str(checkpoint / STATE_DIR), no_dist=_rank()[1] == 1)
+    set_model_state_dict(hf_model, target["model"])

@@ -6,6 +6,7 @@
     [optim]       AdamW and the learning-rate schedule
     [train]       global batch, steps, loss chunking, activation checkpointing
     [checkpoint]  how often to save and how many to keep
+    [metrics]     where step metrics go: metrics.jsonl, TensorBoard, W&B (offline)
     run_dir       where metrics.jsonl and checkpoints/ go
 
 Unknown keys are errors (a typo must not silently fall back to a default). Relative paths
@@ -15,6 +16,7 @@ key and what is allowed.
 
 from __future__ import annotations
 
+import importlib.util
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -22,10 +24,12 @@ from typing import Any, Literal
 import msgspec
 
 from train.errors import TrainConfigError
+from train.metrics import SINKS
 
 __all__ = [
     "CheckpointConfig",
     "DataConfig",
+    "MetricsConfig",
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
@@ -87,6 +91,9 @@ class TrainLoopConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     activation_checkpointing: bool = True
     offload_activations: bool = False
     """Keep the activation checkpoints (each layer's input) in CPU memory until backward."""
+    offload_parameters: bool = False
+    """FSDP2 only: keep the sharded fp32 parameters, their gradients and AdamW's state in CPU
+    memory (FSDP2's CPUOffloadPolicy); the optimizer step then runs on the CPU."""
     seed: int = 0
     fsdp: Literal["auto", "on", "off"] = "auto"
     """`auto`: FSDP2 when launched on more than one process (torchrun)."""
@@ -100,6 +107,12 @@ class CheckpointConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     save_final: bool = True
 
 
+class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    sinks: list[Literal["jsonl", "tensorboard", "wandb"]] = msgspec.field(default_factory=lambda: ["jsonl"])
+    """Where step metrics go besides metrics.jsonl (always written): "tensorboard" (needs the
+    tensorboard package), "wandb" (offline mode; needs wandb)."""
+
+
 class TrainConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     run_dir: str = "runs/train"
     model: ModelConfig = msgspec.field(default_factory=ModelConfig)
@@ -107,6 +120,7 @@ class TrainConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     optim: OptimConfig = msgspec.field(default_factory=OptimConfig)
     train: TrainLoopConfig = msgspec.field(default_factory=TrainLoopConfig)
     checkpoint: CheckpointConfig = msgspec.field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
 
     def validate(self) -> TrainConfig:
         """Check values that types alone do not; returns self. Raises TrainConfigError."""
@@ -135,6 +149,11 @@ class TrainConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             _fail("optim.betas", f"must each be in [0, 1), not {list(o.betas)}")
         if c.every_steps < 0 or c.keep_last < 0:
             _fail("checkpoint", "every_steps and keep_last must be >= 0")
+        if "jsonl" not in self.metrics.sinks:
+            _fail("metrics.sinks", "must include \"jsonl\": plots and resumes read metrics.jsonl")
+        for sink in self.metrics.sinks:
+            if SINKS[sink] and importlib.util.find_spec(SINKS[sink]) is None:
+                _fail("metrics.sinks", f"has {sink!r}, but the {SINKS[sink]} package is not installed")
         return self
 
     @property

@@ -4,6 +4,12 @@ RUN_DIR/metrics.jsonl has one object per step with at least: step, epoch, loss, 
 grad_norm, tokens, trained_tokens, samples, tokens_per_s, step_time_s, peak_memory_bytes
 (and `memory`, saying what that figure is: the CUDA allocator's peak, or the process's peak
 RSS on CPU), attention (which path ran), world_size; `mfu` on GPUs whose peak is known.
+
+`[metrics] sinks` adds, for the people who watch runs in them: "tensorboard" (event files
+in RUN_DIR/tensorboard/, torch.utils.tensorboard, needs the `tensorboard` package) and
+"wandb" (Weights & Biases in offline mode, files in RUN_DIR/wandb/, `wandb sync` uploads
+them; needs `wandb`, which is not a dependency). Every numeric field becomes a scalar
+`train/FIELD` at its step. metrics.jsonl is always written: plots and resumes read it.
 """
 
 from __future__ import annotations
@@ -15,27 +21,38 @@ import resource
 import sys
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["MetricsLog", "StepProgress", "model_flops_per_token", "peak_flops", "peak_memory", "plot_metrics", "read_metrics", "reset_peak_memory"]
+__all__ = ["SINKS", "MetricsLog", "StepProgress", "model_flops_per_token", "peak_flops", "peak_memory", "plot_metrics", "read_metrics", "reset_peak_memory"]
 
 METRICS_FILE = "metrics.jsonl"
+SINKS = {"jsonl": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # sink -> the package it needs
 
 # dense bf16 tensor-core peaks, FLOP/s
 _PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12, "B200": 2250e12}
 
 
 class MetricsLog:
-    """Appends step records to RUN_DIR/metrics.jsonl (rank 0 only writes)."""
+    """Appends step records to RUN_DIR/metrics.jsonl and the other sinks (rank 0 only writes)."""
 
-    def __init__(self, run_dir: str | Path, *, enabled: bool = True, resume_step: int | None = None) -> None:
+    def __init__(self, run_dir: str | Path, *, enabled: bool = True, resume_step: int | None = None,
+                 sinks: Sequence[str] = ("jsonl",), config: dict[str, Any] | None = None) -> None:
         self.path = Path(run_dir) / METRICS_FILE
         self.enabled = enabled
+        self.sinks: list[Any] = []
         if not enabled:
             return
+        if "tensorboard" in sinks:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops what an interrupted run logged after the checkpoint resumed from
+            self.sinks.append(SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1))
+        if "wandb" in sinks:
+            self.sinks.append(_WandbSink(Path(run_dir), config or {}, resumed=resume_step is not None))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
             self.path.write_text("")
@@ -44,9 +61,35 @@ class MetricsLog:
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        scalars = {key: value for key, value in record.items() if key != "step" and isinstance(value, (int, float))}
+        for sink in self.sinks:
+            for key, value in scalars.items():
+                sink.add_scalar(f"train/{key}", value, record["step"])
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+class _WandbSink:
+    """W&B in offline mode, shaped like a SummaryWriter (add_scalar, close)."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], *, resumed: bool) -> None:
+        import wandb
+
+        self.wandb = wandb
+        self.run = wandb.init(project="apollo-es", name=run_dir.name, dir=str(run_dir), mode="offline", config=config,
+                              resume="allow" if resumed else None)
+
+    def add_scalar(self, key: str, value: float, step: int) -> None:
+        self.run.log({key: value}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -3,6 +3,10 @@
 `load_model` never downloads (local files only). Master weights are fp32; bf16 comes from
 autocast (one process) or FSDP2's mixed precision (several).
 
+`empty_model` builds the same model on the meta device (no memory) so FSDP2 can shard it
+before any weight exists; `materialize` then allocates each rank's shards and recomputes
+the non-persistent buffers (rotary frequencies), which no checkpoint holds.
+
 `PackedCausalLM` is the module the recipe trains: its forward takes a `PackedBatch` and
 returns the summed loss over the batch's labelled tokens. The decoder runs on the packed
 row with the sample boundaries in its kwargs; the chunked cross-entropy then reads the
@@ -25,7 +29,7 @@ from train.data import PackedBatch
 from train.errors import TrainConfigError
 from train.loss import chunked_cross_entropy, token_losses
 
-__all__ = ["PackedCausalLM", "build_model", "load_model"]
+__all__ = ["PackedCausalLM", "build_model", "empty_model", "load_model", "materialize", "model_config"]
 
 
 def load_model(path: str | None, config: dict[str, Any] | None, *, attention: str, init_seed: int = 0) -> nn.Module:
@@ -45,17 +49,51 @@ def load_model(path: str | None, config: dict[str, Any] | None, *, attention: st
 
 
 def build_model(config: dict[str, Any], *, attention: str, init_seed: int = 0) -> nn.Module:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    settings = dict(config)
-    model_type = settings.pop("model_type")
-    try:
-        hf_config = AutoConfig.for_model(model_type, **settings)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise TrainConfigError(f"model.config: cannot build a {model_type!r} config: {exc}") from exc
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)  # the same initial weights on every rank
+        return AutoModelForCausalLM.from_config(model_config(None, config), dtype=torch.float32, attn_implementation=attention)
+
+
+def model_config(path: str | Path | None, config: dict[str, Any] | None) -> Any:
+    """The Hugging Face config of a model directory (or checkpoint), or one built from `config`."""
+    from transformers import AutoConfig
+
+    if path is not None:
+        try:
+            return AutoConfig.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise TrainConfigError(f"cannot read the model config in {path}: {exc}") from exc
+    settings = dict(config or {})
+    model_type = settings.pop("model_type")
+    try:
+        return AutoConfig.for_model(model_type, **settings)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TrainConfigError(f"model.config: cannot build a {model_type!r} config: {exc}") from exc
+
+
+def empty_model(hf_config: Any, *, attention: str) -> nn.Module:
+    """The model with every tensor on the meta device: its structure, no memory."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
         return AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32, attn_implementation=attention)
+
+
+@torch.no_grad()
+def materialize(module: nn.Module, hf_model: nn.Module, *, params_device: torch.device, device: torch.device) -> None:
+    """Allocate a meta model's (sharded) parameters on `params_device`, uninitialised, and its
+    buffers on `device`. Weights come next from a checkpoint or a broadcast; the
+    non-persistent buffers are in neither, so they are recomputed here by transformers' own
+    initialiser, as `from_pretrained` does after building on meta."""
+    module.to_empty(device=params_device)
+    hf_model.tie_weights()  # to_empty gives tied parameters separate storage unless FSDP2 swapped them in place
+    for owner in hf_model.modules():
+        if owner._non_persistent_buffers_set:
+            hf_model._init_weights(owner)
+        for name, buffer in owner.named_buffers(recurse=False):
+            owner._buffers[name] = buffer.to(device)
 
 
 class PackedCausalLM(nn.Module):

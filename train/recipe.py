@@ -7,6 +7,9 @@ Setup checks every input before the first step: the config, the dataset (exists,
 empty, no sample over max_tokens), the tokenizer hash, token ids against the vocabulary,
 the checkpoint to resume from. Then it builds the model, wraps it with the chunked loss,
 shards it (FSDP2) when there are several processes, and makes AdamW and the schedule.
+Under FSDP2 the model is built on the meta device and sharded before any weight exists:
+rank 0 alone loads the full weights and broadcasts them, or, on resume, every rank reads
+its own shards from the checkpoint (written by any number of ranks).
 
 Each optimizer step takes `global_batch` samples from the data order, packs them into bins
 of at most `max_tokens` and deals the bins to the ranks; every bin is one forward/backward
@@ -36,7 +39,8 @@ from train.config import TrainConfig
 from train.data import DataOrder, StepPlan, check_vocabulary, open_dataset, plan_step
 from train.errors import TrainError
 from train.metrics import MetricsLog, StepProgress, model_flops_per_token, peak_flops, peak_memory, reset_peak_memory
-from train.model import PackedCausalLM, load_model
+from train.model import PackedCausalLM, empty_model, load_model, materialize, model_config
+from train.sharding import broadcast_weights, shard
 from train.tokenizer import check_tokenizer
 
 __all__ = ["TrainResult", "accumulate_gradients", "learning_rate", "run"]
@@ -89,30 +93,20 @@ def _run(config: TrainConfig, resume, progress, stop_at, world, rank, device, is
     start_step = 0
     if checkpoint is not None:
         state = TrainerState.read(checkpoint)
-        _check_resumable(state, config, world, dataset.manifest.content_hash, checkpoint)
+        _check_resumable(state, config, dataset.manifest.content_hash, checkpoint)
         start_step = state.step
 
     # -- setup: model -------------------------------------------------------------------
     attention = choose_attention(config.model.attention, device)
-    hf_model = load_model(
-        str(checkpoint) if checkpoint else config.model.path,
-        None if checkpoint else config.model.config,
-        attention=attention.implementation, init_seed=config.model.init_seed,
-    )
-    check_vocabulary(dataset, hf_model.config.vocab_size)
-    if config.train.activation_checkpointing:
-        _enable_checkpointing(hf_model)
-    hf_model.config.use_cache = False
-    hf_model.train()
     compute_dtype = _compute_dtype(config.model.dtype, device)
-    module = PackedCausalLM(hf_model, chunk_tokens=config.train.loss_chunk_tokens, offload_activations=config.train.offload_activations)
     use_fsdp = config.train.fsdp == "on" or (config.train.fsdp == "auto" and world > 1)
-    if use_fsdp:
-        _shard(module, hf_model, device, compute_dtype)
-    else:
-        if world > 1:
-            raise TrainError("several processes need FSDP: set train.fsdp to \"auto\" or \"on\"")
-        module.to(device)
+    if world > 1 and not use_fsdp:
+        raise TrainError("several processes need FSDP: set train.fsdp to \"auto\" or \"on\"")
+    if config.train.offload_parameters and not use_fsdp:
+        raise TrainError("train.offload_parameters needs FSDP2 (several processes, or train.fsdp = \"on\")")
+    hf_model, module = _build_model(config, checkpoint, attention=attention.implementation, device=device,
+                                    use_fsdp=use_fsdp, dtype=compute_dtype, is_main=is_main)
+    check_vocabulary(dataset, hf_model.config.vocab_size)
     autocast = torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32 and not use_fsdp)
 
     # -- setup: optimizer, schedule, resume -----------------------------------------------
@@ -121,14 +115,15 @@ def _run(config: TrainConfig, resume, progress, stop_at, world, rank, device, is
                                   foreach=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate(s, config, schedule_steps) / o.lr)
     if checkpoint is not None:
-        load_training_state(checkpoint, wrapper=module, optimizer=optimizer, scheduler=scheduler)
+        load_training_state(checkpoint, hf_model=hf_model, optimizer=optimizer, scheduler=scheduler)
         log.info("resumed from %s at step %d", checkpoint, start_step)
     else:
         torch.manual_seed(config.train.seed + rank)
 
-    metrics = MetricsLog(run_dir, enabled=is_main, resume_step=start_step if checkpoint else None)
+    metrics = MetricsLog(run_dir, enabled=is_main, resume_step=start_step if checkpoint else None,
+                         sinks=config.metrics.sinks, config=msgspec.to_builtins(config))
     bar = StepProgress(end_step, start_step, enabled=progress and is_main)
-    n_params = sum(p.numel() for p in hf_model.parameters()) if not use_fsdp else _full_numel(hf_model)
+    n_params = sum(p.numel() for p in hf_model.parameters())  # a DTensor's numel() is its global size
     peak = peak_flops(device)
     result = TrainResult(run_dir=run_dir, steps=start_step, attention=attention.path)
     if is_main:
@@ -144,7 +139,7 @@ def _run(config: TrainConfig, resume, progress, stop_at, world, rank, device, is
                              world_size=world, rank=rank)
             reset_peak_memory(device)
             started = time.perf_counter()
-            loss_sum = accumulate_gradients(module, plan, device=device, autocast=autocast, world_size=world, fsdp=use_fsdp)
+            loss_sum = accumulate_gradients(module, plan, device=device, autocast=autocast, world_size=world)
             grad_norm = _clip(module, o.grad_clip)
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
@@ -178,30 +173,31 @@ def _run(config: TrainConfig, resume, progress, stop_at, world, rank, device, is
             result.steps = step + 1
             every = config.checkpoint.every_steps
             if every and (step + 1) % every == 0 and step + 1 < end_step:
-                result.checkpoints.append(_save(run_dir, step + 1, order, config, world, dataset, tok_hash, hf_model, module, optimizer, scheduler))
+                result.checkpoints.append(_save(run_dir, step + 1, order, config, world, dataset, tok_hash, hf_model, optimizer, scheduler))
     finally:
         bar.close()
+        metrics.close()
 
     # -- save ---------------------------------------------------------------------------
     if (config.checkpoint.save_final or end_step < total_steps) and result.steps > start_step:
-        result.checkpoints.append(_save(run_dir, result.steps, order, config, world, dataset, tok_hash, hf_model, module, optimizer, scheduler))
+        result.checkpoints.append(_save(run_dir, result.steps, order, config, world, dataset, tok_hash, hf_model, optimizer, scheduler))
     return result
 
 
 def accumulate_gradients(module: nn.Module, plan: StepPlan, *, device: torch.device, autocast=None,
-                         world_size: int = 1, fsdp: bool = False) -> torch.Tensor:
+                         world_size: int = 1) -> torch.Tensor:
     """Forward and backward every micro-batch of this rank's plan; returns this rank's summed loss.
 
     Each micro-batch's summed token loss is divided by the trained-token count of the whole
     global batch before backward, so the accumulated gradient (summed over micro-batches and,
     by FSDP's reduce, over ranks) is the gradient of the mean over the global batch. FSDP
-    averages over ranks, hence the extra factor world_size.
+    averages over ranks, hence the extra factor world_size. Under FSDP2 every backward
+    reduce-scatters into the sharded gradients (see train/sharding.py): every rank has the
+    same number of micro-batches, so the collectives line up.
     """
     scale = world_size / max(plan.trained_tokens, 1)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    for number, micro in enumerate(plan.micro_batches):
-        if fsdp:  # reduce-scatter the gradients once, after the last micro-batch
-            module.set_requires_gradient_sync(number == len(plan.micro_batches) - 1)
+    for micro in plan.micro_batches:
         with autocast or contextlib.nullcontext():
             micro_loss = module(micro.to(device))
         (micro_loss * scale).backward()
@@ -247,17 +243,36 @@ def _compute_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
 
 
-def _shard(module: PackedCausalLM, hf_model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    """FSDP2: each decoder layer is one unit, the rest (embeddings, norm, lm_head, the loss) the root."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+def _build_model(config: TrainConfig, checkpoint: Path | None, *, attention: str, device: torch.device,
+                 use_fsdp: bool, dtype: torch.dtype, is_main: bool) -> tuple[nn.Module, PackedCausalLM]:
+    """The model and the loss wrapper that is trained, sharded under FSDP2.
 
-    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-    module.to(device)
-    layer_types = set(getattr(hf_model, "_no_split_modules", None) or [])
-    layers = [m for m in hf_model.modules() if type(m).__name__ in layer_types] or list(hf_model.get_decoder().layers)
-    for layer in layers:
-        fully_shard(layer, mp_policy=policy)
-    fully_shard(module, mp_policy=policy)
+    One process starting fresh loads the model whole. Otherwise the model is built on the
+    meta device (and sharded) first, then its shards are allocated: from a checkpoint,
+    `load_training_state` fills them later (each rank reading its own); starting fresh,
+    rank 0 alone loads the full model in CPU memory and broadcasts it.
+    """
+    m = config.model
+    if checkpoint is None and not use_fsdp:
+        hf_model = load_model(m.path, m.config, attention=attention, init_seed=m.init_seed)
+    else:
+        source = checkpoint or m.path
+        hf_model = empty_model(model_config(source, None if source else m.config), attention=attention)
+    if config.train.activation_checkpointing:
+        _enable_checkpointing(hf_model)
+    hf_model.config.use_cache = False
+    hf_model.train()
+    module = PackedCausalLM(hf_model, chunk_tokens=config.train.loss_chunk_tokens, offload_activations=config.train.offload_activations)
+    if checkpoint is None and not use_fsdp:
+        module.to(device)
+        return hf_model, module
+    if use_fsdp:
+        shard(module, hf_model, dtype=dtype, cpu_offload=config.train.offload_parameters)
+    materialize(module, hf_model, params_device=torch.device("cpu") if config.train.offload_parameters else device, device=device)
+    if checkpoint is None:
+        full = load_model(m.path, m.config, attention=attention, init_seed=m.init_seed).state_dict() if is_main else None
+        broadcast_weights(hf_model, full)
+    return hf_model, module
 
 
 def _enable_checkpointing(hf_model: nn.Module) -> None:
@@ -266,10 +281,6 @@ def _enable_checkpointing(hf_model: nn.Module) -> None:
         hf_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def _full_numel(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())  # DTensor.numel() is the global size
 
 
 def _clip(module: nn.Module, max_norm: float) -> float:
@@ -283,21 +294,19 @@ def _clip(module: nn.Module, max_norm: float) -> float:
     return float(norm)
 
 
-def _check_resumable(state: TrainerState, config: TrainConfig, world: int, content_hash: str, checkpoint: Path) -> None:
-    if state.world_size != world:
-        raise TrainError(f"{checkpoint} was written by {state.world_size} process(es); resume it with the same number (now {world})")
+def _check_resumable(state: TrainerState, config: TrainConfig, content_hash: str, checkpoint: Path) -> None:
     if state.dataset_content_hash != content_hash:
         raise TrainError(f"{checkpoint} was trained on another dataset (content hash differs); resuming would not continue its data order")
     if (state.global_batch, state.data_seed, state.shuffle) != (config.train.global_batch, config.data.seed, config.data.shuffle):
         raise TrainError(f"{checkpoint}: train.global_batch, data.seed and data.shuffle must match the run being resumed")
 
 
-def _save(run_dir, step, order, config, world, dataset, tok_hash, hf_model, module, optimizer, scheduler) -> Path:
+def _save(run_dir, step, order, config, world, dataset, tok_hash, hf_model, optimizer, scheduler) -> Path:
     epoch, step_in_epoch = divmod(step, order.steps_per_epoch)
     state = TrainerState(
         step=step, epoch=epoch, step_in_epoch=step_in_epoch, data_seed=config.data.seed, shuffle=config.data.shuffle,
         global_batch=config.train.global_batch, world_size=world, dataset_content_hash=dataset.manifest.content_hash,
         tokenizer_hash=tok_hash, config=msgspec.to_builtins(config),
     )
-    return save_checkpoint(run_dir, state, hf_model=hf_model, wrapper=module, optimizer=optimizer, scheduler=scheduler,
+    return save_checkpoint(run_dir, state, hf_model=hf_model, optimizer=optimizer, scheduler=scheduler,
                            tokenizer_dir=config.tokenizer_dir, keep_last=config.checkpoint.keep_last)

@@ -1,4 +1,4 @@
-"""`apollo-es train` and `apollo-es plot-metrics`: the trainer in train/ from the command line.
+"""`apollo-es train`, `apollo-es plot-metrics` and `apollo-es export-checkpoint`: the trainer in train/ from the command line.
 
 torch, transformers and matplotlib are imported only when a command runs, so the rest of
 the CLI starts fast and works without the `train` extra installed.
@@ -103,8 +103,30 @@ def plot_metrics(run_dir: str, out: str | None) -> None:
     click.echo(f"wrote {path}")
 
 
+@click.command("export-checkpoint")
+@click.argument("checkpoint", type=click.Path(file_okay=False, exists=True))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="dtype of the written weights.")
+def export_checkpoint(checkpoint: str, out_dir: str, dtype: str) -> None:
+    """Write a Hugging Face model directory from a training checkpoint.
+
+    Checkpoints hold sharded torch.distributed.checkpoint state (any number of ranks);
+    OUT_DIR gets config.json, safetensors and the tokenizer files, loadable by
+    `AutoModelForCausalLM.from_pretrained(OUT_DIR)`. Needs the model's size in CPU memory.
+
+    Example:
+
+        apollo-es export-checkpoint runs/tiny-cpu/checkpoints/step-20 runs/tiny-cpu/hf
+    """
+    _need("torch")
+    _need("transformers")
+    from train.export import export_checkpoint as export
+
+    click.echo(f"wrote {export(checkpoint, out_dir, dtype=dtype)}")
+
+
 def _toml_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-COMMANDS = [train, plot_metrics]
+COMMANDS = [train, plot_metrics, export_checkpoint]
