@@ -13,7 +13,7 @@ from apollo_es.errors import (
     StreamNotFound,
     VersionOutOfRange,
 )
-from apollo_es.store import ANY, NO_STREAM, EventStore, NewEvent, RecordedEvent, StreamInfo, VerifyReport
+from apollo_es.store import ANY, NO_STREAM, EventStore, NewEvent, RecordedEvent, StreamInfo, VerifyReport, open_store
 
 __all__ = [
     "ANY",
@@ -34,4 +34,5 @@ __all__ = [
     "StreamNotFound",
     "VerifyReport",
     "VersionOutOfRange",
+    "open_store",
 ]

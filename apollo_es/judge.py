@@ -203,13 +203,7 @@ class Judge:
 
     def _already_judged(self, action_ids: list[str]) -> set[str]:
         by_verdict = {judge_event_id(self.judge_id, action_id): action_id for action_id in action_ids}
-        found: set[str] = set()
-        ids = list(by_verdict)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            rows = self.store.query(f"SELECT event_id FROM events WHERE event_id IN ({', '.join('?' * len(chunk))})", chunk)
-            found.update(by_verdict[row[0]] for row in rows)
-        return found
+        return {by_verdict[event_id] for event_id in self.store.events_by_ids(by_verdict)}
 
     # -- running ----------------------------------------------------------------------
 

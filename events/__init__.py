@@ -1,5 +1,16 @@
 """The event vocabulary of apollo-es: kinds, encoding, schema versions and upcasters."""
 
+from events.envelope import (
+    ANY,
+    NO_STREAM,
+    ExpectedVersion,
+    Lease,
+    NewEvent,
+    RecordedEvent,
+    StreamInfo,
+    TimelineRow,
+    VerifyReport,
+)
 from events.codec import decode, encode, encode_checked, from_dict, kind_of, to_builtins
 from events.errors import EventError, InvalidEventError, UnknownKindError
 from events.kinds import (
@@ -24,6 +35,15 @@ from events.kinds import (
 from events.upcasting import CURRENT_SCHEMA, upcast, upcaster
 
 __all__ = [
+    "ANY",
+    "NO_STREAM",
+    "ExpectedVersion",
+    "Lease",
+    "NewEvent",
+    "RecordedEvent",
+    "StreamInfo",
+    "TimelineRow",
+    "VerifyReport",
     "KINDS",
     "CURRENT_SCHEMA",
     "ActionJudged",

@@ -1,33 +1,22 @@
 """Audit views over the log: a run's timeline as plain rows.
 
-The rows come from the `timeline` SQL view (apollo_es/schema.py), so what `apollo-es log`
-prints is exactly what an auditor gets from `sqlite-utils apollo.db "select * from timeline"`.
+The store builds the rows (`Store.timeline`); on SQLite they come from the `timeline` view
+(apollo_es/schema.py), so what `apollo-es log` prints is exactly what an auditor gets from
+`sqlite-utils apollo.db "select * from timeline"`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import msgspec
+from apollo_es.stores.base import Store
+from events.envelope import TimelineRow
 
-from apollo_es.store import EventStore
-
-
-class TimelineRow(msgspec.Struct, frozen=True):
-    run_id: str
-    version: int
-    kind: str
-    actor: str
-    recorded_at: str
-    summary: str
-    stream_id: str
-    position: int
-    event_id: str
-    causation_id: str | None
+__all__ = ["TimelineRow", "timeline"]
 
 
 def timeline(
-    store: EventStore,
+    store: Store,
     run_id: str,
     *,
     kinds: Sequence[str] = (),
@@ -38,23 +27,7 @@ def timeline(
 ) -> list[TimelineRow]:
     """A run's events (inherited ones included) in version order, filtered.
 
-    `actors` are SQLite GLOB patterns (`human:*`); `since` is an ISO-8601 UTC timestamp in
-    the store's format, compared as text; `limit` keeps the newest rows.
+    `actors` are glob patterns (`human:*`); `since` is an ISO-8601 UTC timestamp in the
+    store's format, compared as text; `limit` keeps the newest rows. Raises `StreamNotFound`.
     """
-    store.head(run_id)  # raises StreamNotFound for an unknown run
-    where, params = ["run_id = ?", "version > ?"], [run_id, after_version]
-    if kinds:
-        where.append(f"kind IN ({', '.join('?' * len(kinds))})")
-        params.extend(kinds)
-    if actors:
-        where.append("(" + " OR ".join("actor GLOB ?" for _ in actors) + ")")
-        params.extend(actors)
-    if since:
-        where.append("recorded_at >= ?")
-        params.append(since)
-    query = (
-        "SELECT run_id, version, kind, actor, recorded_at, coalesce(summary, ''), stream_id, position, event_id,"
-        f" causation_id FROM timeline WHERE {' AND '.join(where)} ORDER BY version DESC LIMIT ?"
-    )
-    rows = store.query(query, (*params, -1 if limit is None else limit))
-    return [TimelineRow(*row) for row in reversed(rows)]
+    return store.timeline(run_id, kinds=kinds, actors=actors, since=since, after_version=after_version, limit=limit)

@@ -347,8 +347,7 @@ def _annotated_elsewhere(store: EventStore, since: int) -> set[str]:
     }
     if not targets:
         return set()
-    marks = ", ".join("?" * len(targets))
-    return {row[0] for row in store.query(f"SELECT DISTINCT stream_id FROM events WHERE event_id IN ({marks})", list(targets))}
+    return {recorded.stream_id for recorded in store.events_by_ids(targets).values()}
 
 
 def _cache_name(stream_id: str) -> str:

@@ -183,15 +183,5 @@ def annotations_for(store: EventStore, events: Sequence[RecordedEvent]) -> list[
     """
     action_ids = [r.event_id for r in events if isinstance(r.event, AgentActed)]
     seen = {r.event_id for r in events}
-    found: list[RecordedEvent] = []
-    for start in range(0, len(action_ids), 500):
-        chunk = action_ids[start : start + 500]
-        rows = store.query(
-            f"SELECT stream_id, version, event_id FROM events WHERE causation_id IN ({', '.join('?' * len(chunk))})"
-            " AND kind IN ('ActionJudged', 'HumanIntervened') ORDER BY position",
-            chunk,
-        )
-        for stream_id, version, event_id in rows:
-            if event_id not in seen:
-                found.append(store.event(stream_id, version))
-    return [r for r in found if isinstance(r.event, (ActionJudged, HumanIntervened))]
+    found = store.caused_by(action_ids, kinds=("ActionJudged", "HumanIntervened"))
+    return [r for r in found if r.event_id not in seen and isinstance(r.event, (ActionJudged, HumanIntervened))]

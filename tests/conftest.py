@@ -4,6 +4,9 @@ Fixtures
 --------
 - ``backend``: the storage backend a contract test runs against ("sqlite-file" or
   "sqlite-memory"); every test that uses ``store`` or ``store_factory`` runs once per backend.
+  ``tests/test_store_contract.py`` adds "postgres" (``ALL_BACKENDS``): one database per test
+  session on the local server (``APOLLO_ES_TEST_PG``, default ``postgresql://root@127.0.0.1:5432/test``
+  as the maintenance database), one schema per store, dropped afterwards.
 - ``store_factory``: opens a *fresh, empty* store on the current backend, with any
   ``EventStore`` keyword arguments (``max_payload_bytes=...``); closes them all afterwards.
 - ``store``: one fresh store on the current backend.
@@ -24,6 +27,7 @@ pytest's default import mode, but prefer the fixtures.
 from __future__ import annotations
 
 import inspect
+import os
 import itertools
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,6 +38,7 @@ import msgspec
 import pytest
 
 from apollo_es import EventStore
+from apollo_es.store import open_store as open_backend
 from apollo_es.store import GENESIS_HASH, chain_hash, utc_now
 from tests.system_packages import debian_binary
 from events import (
@@ -53,6 +58,8 @@ from events import (
 )
 
 BACKENDS = ("sqlite-file", "sqlite-memory")
+ALL_BACKENDS = (*BACKENDS, "postgres")
+PG_SERVER = os.environ.get("APOLLO_ES_TEST_PG", "postgresql://root@127.0.0.1:5432/test")
 
 
 # -- event factories ----------------------------------------------------------------------
@@ -199,21 +206,62 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A database of its own for this test session on the local server, dropped at the end.
+
+    The server is expected to be up (CI and the project machines start it); if it is not,
+    the PostgreSQL tests fail with the reason rather than skip.
+    """
+    import psycopg
+
+    name = f"apollo_es_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(PG_SERVER, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {PG_SERVER} is unreachable (set APOLLO_ES_TEST_PG): {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        yield PG_SERVER.rsplit("/", 1)[0] + f"/{name}"
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def pg_schema_url(database: str, schema: str) -> str:
+    """`database` with `schema` first on the search path: a fresh, isolated store inside it."""
+    import psycopg
+
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    return f"{database}?options=-csearch_path%3D{schema}"
+
+
 @pytest.fixture
-def store_factory(backend: str, tmp_path: Path) -> Iterator[Callable[..., EventStore]]:
+def store_factory(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., EventStore]]:
     """`open(**kwargs)` → a fresh, empty `EventStore` on the current backend."""
     opened: list[EventStore] = []
     counter = itertools.count(1)
+    database = request.getfixturevalue("pg_database") if backend == "postgres" else ""
+    schemas: list[str] = []
 
     def open_store(**kwargs: Any) -> EventStore:
-        path = ":memory:" if backend == "sqlite-memory" else tmp_path / f"store-{next(counter)}.db"
-        store = EventStore(path, **kwargs)
+        if backend == "postgres":
+            schemas.append(f"s_{uuid.uuid4().hex[:16]}")
+            store = open_backend(pg_schema_url(database, schemas[-1]), **kwargs)
+        else:
+            path = ":memory:" if backend == "sqlite-memory" else tmp_path / f"store-{next(counter)}.db"
+            store = EventStore(path, **kwargs)
         opened.append(store)
         return store
 
     yield open_store
     for store in opened:
         store.close()
+    if schemas:
+        import psycopg
+
+        with psycopg.connect(database, autocommit=True) as conn:
+            for schema in schemas:
+                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.fixture

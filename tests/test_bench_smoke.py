@@ -90,3 +90,14 @@ def test_cost_benchmark_smoke(tmp_path: Path) -> None:
 def test_corruption_benchmark_smoke(tmp_path: Path) -> None:
     [row] = run_smoke("corruption.py", tmp_path)["rows"]
     assert row["key"] == "index_flips" and row["ours"] == 100.0 and row["details"]["silent_after"] == 0
+
+
+def test_postgres_benchmark_smoke(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "postgres.py"), "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    result = json.loads((tmp_path / "postgres.json").read_text())
+    assert result["benchmark"] == "postgres" and result["parameters"]["smoke"] is True
+    assert all(math.isfinite(v) and v > 0 for v in result["ratio_postgres_over_sqlite"].values())

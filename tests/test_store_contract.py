@@ -1,4 +1,4 @@
-"""The store's contract: what every backend must do (runs on a SQLite file and ':memory:')."""
+"""The store's contract: what every backend must do (runs on a SQLite file, ':memory:' and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -30,16 +30,31 @@ from apollo_es.store import GENESIS_HASH
 import events
 from events import AgentActed, BranchCreated, RunStarted, ToolObserved, Usage
 
-from conftest import make_events, one_of_each_kind, row_hash
+from conftest import ALL_BACKENDS, make_events, one_of_each_kind, row_hash
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every contract test runs on each backend, PostgreSQL included."""
+    return request.param
+
+
+def sql(store: EventStore, query: str, params: tuple = ()) -> list[tuple]:
+    """Raw SQL straight at the backend's tables (`?` placeholders), around the store's API."""
+    if isinstance(store, EventStore):
+        return store.connection.execute(query, params).fetchall()
+    import psycopg
+
+    with psycopg.connect(store.path, autocommit=True) as conn:
+        return conn.execute(query.replace("?", "%s"), params).fetchall()
 
 
 def snapshot(store: EventStore) -> tuple:
     """Everything a failed call must leave untouched."""
-    conn = store.connection
     return (
         store.last_position(),
-        conn.execute("SELECT * FROM streams ORDER BY stream_id").fetchall(),
-        conn.execute("SELECT count(*) FROM events").fetchone()[0],
+        sql(store, "SELECT * FROM streams ORDER BY stream_id"),
+        sql(store, "SELECT count(*) FROM events")[0][0],
     )
 
 
@@ -125,7 +140,7 @@ def test_envelope_fields(store: EventStore) -> None:
 
 def test_recorded_hash_matches_row(store: EventStore) -> None:
     [r] = store.append("run-1", [RunStarted(task_id="t", task="x")])
-    row = store.connection.execute("SELECT * FROM events WHERE position = 1").fetchone()
+    [row] = sql(store, "SELECT * FROM events WHERE position = 1")
     assert row_hash(GENESIS_HASH, row[:10]) == r.hash == row[11]
     assert row[10] == GENESIS_HASH
 
@@ -164,9 +179,9 @@ def test_big_batch_with_custom_envelopes_lands_as_returned(store: EventStore) ->
             assert (r.event_id, r.actor, r.causation_id, r.recorded_at[:16]) == (f"evt-{i}", "human:ann", f"cause-{i}", "2024-01-02T03:04")
         else:
             assert (r.actor, r.causation_id) == ("agent", None)
-    rows = store.connection.execute(
-        "SELECT prev_hash, causation_id, typeof(payload), CAST(payload AS BLOB) FROM events WHERE stream_id = 'run-1' ORDER BY position"
-    ).fetchall()
+    typed = ("typeof(payload), CAST(payload AS BLOB)" if isinstance(store, EventStore)
+             else "pg_typeof(payload)::text, convert_to(payload, 'UTF8')")
+    rows = sql(store, f"SELECT prev_hash, causation_id, {typed} FROM events WHERE stream_id = 'run-1' ORDER BY position")
     previous = store.read("run-0")[-1].hash
     for (prev_hash, causation_id, payload_type, payload), r, item in zip(rows, recorded, batch):
         event = item.event if isinstance(item, NewEvent) else item
@@ -587,9 +602,7 @@ def test_branch_forked_below_its_parents_fork_point(store: EventStore) -> None:
     assert store.event("b3", 3) == b3_events[2]
     assert store.read("b3", up_to=3) == b3_events
     # the SQL audit view agrees
-    timeline = store.connection.execute(
-        "SELECT stream_id, version FROM timeline WHERE run_id = 'b3' ORDER BY version"
-    ).fetchall()
+    timeline = sql(store, "SELECT stream_id, version FROM timeline WHERE run_id = 'b3' ORDER BY version")
     assert timeline == [("run", 1), ("run", 2), ("b3", 3)]
 
 
@@ -690,7 +703,7 @@ def test_asubscribe_idle_timeout(store: EventStore) -> None:
 
 
 @pytest.mark.parametrize(
-    "sql",
+    "statement",
     [
         "UPDATE events SET payload = '{}' WHERE position = 1",
         "UPDATE events SET actor = 'system'",
@@ -698,27 +711,61 @@ def test_asubscribe_idle_timeout(store: EventStore) -> None:
         "DELETE FROM events",
         "UPDATE streams SET parent_id = NULL",
         "DELETE FROM streams",
+        "TRUNCATE events",
     ],
 )
-def test_triggers_refuse_update_and_delete(store: EventStore, sql: str) -> None:
+def test_triggers_refuse_update_and_delete(store: EventStore, statement: str) -> None:
     store.append("run-1", make_events(2), actor="agent")
     store.branch("run-1", 1)
     before = snapshot(store)
-    rows = store.connection.execute("SELECT * FROM events ORDER BY position").fetchall()
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        store.connection.execute(sql)
+    rows = sql(store, "SELECT * FROM events ORDER BY position")
+    if statement.startswith("TRUNCATE") and isinstance(store, EventStore):
+        pytest.skip("SQLite has no TRUNCATE (it is a DELETE there)")
+    with pytest.raises(Exception, match="append-only") as raised:
+        sql(store, statement)
+    assert isinstance(raised.value, sqlite3.DatabaseError if isinstance(store, EventStore) else psycopg_error())
     assert snapshot(store) == before
-    assert store.connection.execute("SELECT * FROM events ORDER BY position").fetchall() == rows
+    assert sql(store, "SELECT * FROM events ORDER BY position") == rows
     assert store.verify().ok
 
 
 def test_audit_views_work(store: EventStore) -> None:
     store.append("run-1", [e for e in one_of_each_kind() if not isinstance(e, BranchCreated)])
     child = store.branch("run-1", 2, reason="why not")
-    timeline = store.connection.execute(
-        "SELECT version, kind, summary FROM timeline WHERE run_id = ? ORDER BY version", (child,)
-    ).fetchall()
+    timeline = sql(store, "SELECT version, kind, summary FROM timeline WHERE run_id = ? ORDER BY version", (child,))
     assert [(v, k) for v, k, _ in timeline] == [(1, "RunStarted"), (2, "AgentActed"), (3, "BranchCreated")]
     assert timeline[2][2] == "branch of run-1 at v2: why not"
-    calls = store.connection.execute("SELECT tool FROM tool_calls ORDER BY position, call_id").fetchall()
-    assert calls == [("bash",), ("bash",)]
+    rows = store.timeline(child)
+    assert [(r.version, r.kind, r.summary) for r in rows] == timeline
+    assert store.timeline(child, kinds=["AgentActed"], limit=1)[0].version == 2
+    assert [r.version for r in store.timeline(child, actors=["sys*"], after_version=1)] == [2, 3]
+    if isinstance(store, EventStore):  # the flattened views are SQLite's alone, for sqlite-utils
+        calls = sql(store, "SELECT tool FROM tool_calls ORDER BY position, call_id")
+        assert calls == [("bash",), ("bash",)]
+
+
+def psycopg_error() -> type:
+    import psycopg
+
+    return psycopg.Error
+
+
+def test_events_by_ids_and_caused_by(store: EventStore) -> None:
+    [action] = store.append("run-1", make_events(1, kind="AgentActed"))
+    later = store.append("run-1", [NewEvent(event=e, causation_id=action.event_id) for e in make_events(2)])
+    assert store.events_by_ids([action.event_id, "missing"]) == {action.event_id: action}
+    assert store.caused_by([action.event_id]) == later
+    assert store.caused_by([action.event_id], kinds=["NoSuchKind"]) == []
+
+
+def test_leases_and_checkpoints(store: EventStore) -> None:
+    assert store.acquire_lease("run-1", "a", 30) is not None
+    assert store.acquire_lease("run-1", "b", 30) is None
+    assert store.acquire_lease("run-1", "b", 30, take_over="a").holder == "b"
+    assert set(store.leases()) == {"run-1"}
+    store.release_lease("run-1", "b")
+    assert store.leases() == {}
+    assert store.checkpoint("p") is None
+    store.save_checkpoint("p", 3, "f1")
+    store.save_checkpoint("p", 5, "f2")
+    assert store.checkpoint("p") == (5, "f2")

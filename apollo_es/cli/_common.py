@@ -20,7 +20,8 @@ from rich.table import Table
 from rich.text import Text
 
 from apollo_es.errors import ApolloError
-from apollo_es.store import EventStore
+from apollo_es.store import Store, is_postgres_url
+from apollo_es.store import open_store as open_backend
 
 DEFAULT_DB = "apollo.db"
 
@@ -57,8 +58,7 @@ def db_option(fn: Callable) -> Callable:
         envvar="APOLLO_ES_DB",
         default=DEFAULT_DB,
         show_default=True,
-        type=click.Path(dir_okay=False),
-        help="The store's SQLite file (or set APOLLO_ES_DB).",
+        help="The store: an SQLite file or a postgresql://USER@HOST/DB URL (or set APOLLO_ES_DB).",
     )(fn)
 
 
@@ -70,23 +70,24 @@ def json_option(fn: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
 
 
-def open_store(db_path: str, *, create: bool = False, read_only: bool = False) -> EventStore:
-    """Open the store; a mistyped path must not silently create an empty one unless asked to.
+def open_store(db_path: str, *, create: bool = False, read_only: bool = False) -> Store:
+    """Open the store (a SQLite path or a PostgreSQL URL); a mistyped path must not silently
+    create an empty one unless asked to (a PostgreSQL database is created by its operator).
 
     `read_only` (commands that only read): nothing in the file changes, not even a schema
     upgrade. APOLLO_ES_MAX_PAYLOAD_BYTES overrides the 16 MiB limit on one event's payload.
     """
-    if not create and not Path(db_path).is_file():
+    if not create and not is_postgres_url(db_path) and not Path(db_path).is_file():
         raise click.ClickException(f"no store at {db_path} (create one with: apollo-es init --db {db_path})")
     limit = os.environ.get("APOLLO_ES_MAX_PAYLOAD_BYTES")
     if limit is not None and (not limit.isdigit() or int(limit) < 1):
         raise click.ClickException(f"APOLLO_ES_MAX_PAYLOAD_BYTES must be a positive integer, not {limit!r}")
     extra = {"max_payload_bytes": int(limit)} if limit is not None else {}
-    return EventStore(db_path, read_only=read_only, **extra)
+    return open_backend(db_path, read_only=read_only, **extra)
 
 
 @contextlib.contextmanager
-def creating_store(db_path: str) -> Iterator[EventStore]:
+def creating_store(db_path: str) -> Iterator[Store]:
     """`open_store(create=True)` for a command that may fail before it writes anything: a
     store file it created and left empty is removed again, so a failed command leaves nothing."""
     existed = Path(db_path).exists()
@@ -94,7 +95,7 @@ def creating_store(db_path: str) -> Iterator[EventStore]:
     try:
         yield store
     except BaseException:
-        empty = not existed and store.last_position() == 0
+        empty = not existed and not is_postgres_url(db_path) and store.last_position() == 0
         store.close()
         if empty:
             for suffix in ("", "-wal", "-shm"):
@@ -198,7 +199,7 @@ def report_moved_fork(requested: int, fork: int, as_json: bool) -> None:
         click.echo(f"v{requested} is inside an action and its results: branched after v{fork}", err=True)
 
 
-def statuses(store: EventStore, stream_ids: list[str]) -> dict[str, str]:
+def statuses(store: Store, stream_ids: list[str]) -> dict[str, str]:
     """`projections.status.run_status` of each stream: the status every surface shows."""
     from projections.context import fold
     from projections.status import run_status

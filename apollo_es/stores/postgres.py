@@ -1,0 +1,512 @@
+"""The PostgreSQL backend: one log shared by many hosts, same contract as SQLite.
+
+Positions: `log_head` is a one-row table (last position, last hash). An append locks that
+row with `UPDATE ... RETURNING` as its *last* step before inserting, so the row lock is held
+from the moment positions are taken until commit. The next writer cannot take positions
+before this one commits or rolls back, hence positions are gapless (a rollback restores the
+counter) and commit order equals position order: a reader tailing `position > n` never sees
+n + 2 before n + 1 is visible, so it never skips an event. (A sequence would leave gaps and
+commit out of order; `LOCK TABLE events IN EXCLUSIVE MODE` would also block readers' index
+scans less finely and for the whole transaction.)
+
+Everything that does not need the position runs before the lock: validation, encoding, the
+idempotency lookup, the stream row lock (`SELECT ... FOR UPDATE`, which orders writers of
+one stream) and the version check. While the head row is held the client does one hash
+pass in memory (SHA-256 of a few KB per event) and sends one statement that inserts the
+batch (`unnest` of arrays), stores the new head hash and queues a NOTIFY; then COMMIT.
+
+Subscriptions poll `read_all`, woken early by `LISTEN apollo_es_log` on one dedicated
+connection per store; if that connection is lost they fall back to plain polling and
+listen again on the next wait, resuming from the last position they yielded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg import errors as pg_errors
+
+from apollo_es import errors
+from apollo_es.errors import StoreError
+from apollo_es.stores.base import (
+    COLUMNS,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    LineageReads,
+    Prepared,
+    anchor_problem,
+    branch_id_candidates,
+    check_actor,
+    check_branch_point,
+    check_expected,
+    check_placement,
+    check_stream_id,
+    check_unique_ids,
+    duplicate_elsewhere,
+    hash_rows,
+    in_given_order,
+    prepare,
+    stats_dict,
+    to_recorded,
+    utc_now,
+    walk_chain,
+)
+from apollo_es.stores.postgres_schema import PG_SCHEMA_SQL, STORE_FORMAT
+from events import BranchCreated, Event
+from events.envelope import ANY, ExpectedVersion, Lease, NewEvent, RecordedEvent, StreamInfo, TimelineRow, VerifyReport
+
+__all__ = ["PostgresStore"]
+
+CHANNEL = "apollo_es_log"
+_INSERT = (
+    f"WITH ins AS (INSERT INTO events ({COLUMNS}) SELECT * FROM unnest("
+    "%s::bigint[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::int[], %s::text[], %s::text[],"
+    " %s::text[], %s::text[], %s::text[], %s::text[])),"
+    " head AS (UPDATE log_head SET hash = %s)"
+    f" SELECT pg_notify('{CHANNEL}', %s)"
+)
+_HEAD = """
+    SELECT coalesce((SELECT max(version) FROM events WHERE stream_id = s.stream_id), s.fork_version, 0)
+    FROM streams s WHERE s.stream_id = %s
+"""
+
+
+class PostgresStore(LineageReads):
+    """The event log in a PostgreSQL database (`postgresql://user@host/db`).
+
+    One object may be shared between threads: each call takes a connection from a pool.
+    Any number of processes on any number of hosts may open the same database.
+    `lock_timeout` (seconds) bounds the wait for another writer's locks (`StoreBusyError`).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        read_only: bool = False,
+        pool_size: int = 4,
+        lock_timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.path = url
+        self.max_payload_bytes = max_payload_bytes
+        self.read_only = read_only
+        self._lineages = {}
+        self._listener: psycopg.Connection | None = None
+        self._listener_lock = threading.Lock()
+        timeout_ms = int(lock_timeout * 1000)
+
+        def configure(conn: psycopg.Connection) -> None:
+            conn.execute(f"SET lock_timeout = {timeout_ms}")
+            if read_only:
+                conn.execute("SET default_transaction_read_only = on")
+
+        self._pool = psycopg_pool.ConnectionPool(
+            url, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, configure=configure, open=False,
+            timeout=lock_timeout,
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+            self._set_up()
+        except psycopg_pool.PoolTimeout as exc:
+            self._pool.close()
+            raise StoreError(f"cannot connect to the store at {_safe(url)} within {connect_timeout:g} s") from exc
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def _set_up(self) -> None:
+        with self._translate(), self._pool.connection() as conn:
+            if self.read_only:
+                found = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]
+                if not found:
+                    raise StoreError(f"no store at {_safe(self.path)}")
+            else:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtext('apollo_es schema'))")
+                    for statement in PG_SCHEMA_SQL:
+                        conn.execute(statement)
+                    conn.execute("INSERT INTO meta VALUES ('format', %s) ON CONFLICT DO NOTHING", (str(STORE_FORMAT),))
+            found = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+            if found is None or int(found[0]) != STORE_FORMAT:
+                raise StoreError(f"{_safe(self.path)} has store format {found and found[0]}, "
+                                 f"this apollo-es reads format {STORE_FORMAT}")
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._listener_lock:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+        self._pool.close()
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _translate(self) -> Iterator[None]:
+        """Re-raise driver errors as the project's own, keeping the original as the cause."""
+        try:
+            yield
+        except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled, pg_errors.SerializationFailure,
+                pg_errors.DeadlockDetected, psycopg_pool.PoolTimeout) as exc:
+            raise errors.StoreBusyError(f"the store at {_safe(self.path)} stayed locked past the lock timeout") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"store {_safe(self.path)}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _cursor(self, transaction: bool = False) -> Iterator[psycopg.Cursor]:
+        with self._translate(), self._pool.connection() as conn:
+            if transaction:
+                with conn.transaction():
+                    yield conn.cursor()
+            else:
+                yield conn.cursor()
+
+    # -- writing ---------------------------------------------------------------------
+
+    def append(
+        self,
+        stream_id: str,
+        new_events: Iterable[Event | NewEvent],
+        expected_version: int | ExpectedVersion = ANY,
+        *,
+        actor: str = "system",
+    ) -> list[RecordedEvent]:
+        """Append events to a stream atomically, creating it if needed (see `Store.append`).
+
+        A retry with the same event ids (after a lost connection) returns the stored envelopes.
+        If a concurrent writer records one of the ids between the lookup and the insert, the
+        unique index refuses this transaction and it is tried once more, finding them stored.
+        """
+        check_stream_id(stream_id)
+        check_actor(actor)
+        prepared = prepare(new_events, actor, self.max_payload_bytes)
+        if not prepared:
+            return []
+        check_unique_ids(prepared, "append")
+        try:
+            return self._append_once(stream_id, prepared, expected_version)
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, pg_errors.UniqueViolation) or not any(p.chosen_id for p in prepared):
+                raise
+            return self._append_once(stream_id, prepared, expected_version)
+
+    def _append_once(self, stream_id: str, prepared: list[Prepared], expected: int | ExpectedVersion) -> list[RecordedEvent]:
+        with self._cursor(transaction=True) as cur:
+            known = self._existing(cur, stream_id, [p.event_id for p in prepared if p.chosen_id])
+            fresh = [p for p in prepared if p.event_id not in known] if known else prepared
+            inserted: list[RecordedEvent] = []
+            if fresh:
+                cur.execute(
+                    "INSERT INTO streams (stream_id, parent_id, fork_version, created_at) VALUES (%s, NULL, NULL, %s)"
+                    " ON CONFLICT DO NOTHING", (stream_id, utc_now()),
+                )
+                fork = cur.execute("SELECT fork_version FROM streams WHERE stream_id = %s FOR UPDATE", (stream_id,)).fetchone()[0]
+                actual = cur.execute(_HEAD, (stream_id,)).fetchone()[0]
+                check_expected(stream_id, expected, actual)
+                check_placement(stream_id, fresh, actual, fork)
+                inserted = self._insert(cur, stream_id, actual, fresh)
+        return in_given_order(prepared, known, inserted)
+
+    def branch(
+        self,
+        stream_id: str,
+        at_version: int,
+        new_stream_id: str | None = None,
+        reason: str = "",
+        *,
+        actor: str = "system",
+        then: Iterable[Event | NewEvent] = (),
+    ) -> str:
+        """Create a child stream sharing `stream_id`'s events up to `at_version` (see `Store.branch`).
+
+        Generated ids are claimed with `INSERT ... ON CONFLICT DO NOTHING`, so two hosts
+        branching the same run at once get different ids instead of an error."""
+        check_actor(actor)
+        following = prepare(then, actor, self.max_payload_bytes)
+        with self._cursor(transaction=True) as cur:
+            check_branch_point(stream_id, at_version, self._head_or_zero(cur, stream_id))
+            if new_stream_id is not None:
+                check_stream_id(new_stream_id)
+                candidates: Iterable[str] = [new_stream_id]
+            else:
+                siblings = cur.execute("SELECT count(*) FROM streams WHERE parent_id = %s", (stream_id,)).fetchone()[0]
+                candidates = branch_id_candidates(stream_id, siblings)
+            for candidate in candidates:
+                check_stream_id(candidate)
+                claimed = cur.execute(
+                    "INSERT INTO streams (stream_id, parent_id, fork_version, created_at) VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT DO NOTHING RETURNING stream_id", (candidate, stream_id, at_version, utc_now()),
+                ).fetchone()
+                if claimed:
+                    new_stream_id = candidate
+                    break
+                if new_stream_id is not None:
+                    raise errors.StreamExistsError(f"stream {new_stream_id!r} already exists")
+            assert new_stream_id is not None
+            marker = BranchCreated(parent_stream=stream_id, fork_version=at_version, reason=reason, created_by=actor)
+            prepared = [*prepare([marker], actor, self.max_payload_bytes), *following]
+            check_unique_ids(prepared, "branch")
+            self._existing(cur, new_stream_id, [p.event_id for p in following if p.chosen_id])  # raises if recorded
+            self._insert(cur, new_stream_id, at_version, prepared)
+        return new_stream_id
+
+    def _insert(self, cur: psycopg.Cursor, stream_id: str, head: int, prepared: list[Prepared]) -> list[RecordedEvent]:
+        """Take positions from the log head (locking it until commit), hash, insert, notify."""
+        n = len(prepared)
+        position, prev_hash = cur.execute(
+            "UPDATE log_head SET position = position + %s RETURNING position - %s, hash", (n, n)
+        ).fetchone()
+        recorded = hash_rows(stream_id, head, position, prev_hash, prepared, utc_now())
+        columns = list(map(list, zip(*((r.position, r.stream_id, r.version, r.event_id, r.kind, r.schema, r.recorded_at,
+                               r.actor, r.causation_id, p.payload.decode(), r.prev_hash, r.hash)
+                              for r, p in zip(recorded, prepared)))))
+        cur.execute(_INSERT, (*columns, recorded[-1].hash, str(recorded[-1].position)))
+        return recorded
+
+    def _existing(self, cur: psycopg.Cursor, stream_id: str, event_ids: list[str]) -> dict[str, RecordedEvent]:
+        if not event_ids:
+            return {}
+        found: dict[str, RecordedEvent] = {}
+        for row in cur.execute(f"SELECT {COLUMNS} FROM events WHERE event_id = ANY(%s)", (event_ids,)):
+            duplicate_elsewhere(row, stream_id)
+            found[row[3]] = to_recorded(row)
+        return found
+
+    # -- reading ---------------------------------------------------------------------
+
+    @staticmethod
+    def _head_or_zero(cur: psycopg.Cursor, stream_id: str) -> int:
+        row = cur.execute(_HEAD, (stream_id,)).fetchone()
+        return row[0] if row else 0
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._cursor() as cur:
+            return cur.execute(sql, params).fetchall()
+
+    def head(self, stream_id: str) -> int:
+        """The stream's latest version, inherited events included. Raises `StreamNotFound`."""
+        with self._cursor() as cur:
+            head = self._head_or_zero(cur, stream_id)
+        if head == 0:
+            raise errors.StreamNotFound(f"no stream {stream_id!r}")
+        return head
+
+    def exists(self, stream_id: str) -> bool:
+        with self._cursor() as cur:
+            return self._head_or_zero(cur, stream_id) > 0
+
+    def _parent_row(self, stream_id: str) -> tuple[str | None, int | None] | None:
+        rows = self._all("SELECT parent_id, fork_version FROM streams WHERE stream_id = %s", (stream_id,))
+        return rows[0] if rows else None
+
+    def _own_rows(self, stream_id: str, up_to: int | None) -> list[Sequence[Any]]:
+        return self._all(f"SELECT {COLUMNS} FROM events WHERE stream_id = %s AND version <= %s ORDER BY version",
+                         (stream_id, up_to if up_to is not None else 2**62))
+
+    def _own_row(self, stream_id: str, version: int) -> Sequence[Any] | None:
+        rows = self._all(f"SELECT {COLUMNS} FROM events WHERE stream_id = %s AND version = %s", (stream_id, version))
+        return rows[0] if rows else None
+
+    def read_all(self, after: int = 0, limit: int | None = None) -> list[RecordedEvent]:
+        """Events of every stream with `position > after`, in position order."""
+        rows = self._all(f"SELECT {COLUMNS} FROM events WHERE position > %s ORDER BY position LIMIT %s", (after, limit))
+        return [to_recorded(row) for row in rows]
+
+    def last_position(self) -> int:
+        return self._all("SELECT coalesce(max(position), 0) FROM events")[0][0]
+
+    def streams(self) -> list[StreamInfo]:
+        """Every stream with its parent, fork version, head and latest own event."""
+        rows = self._all(
+            """
+            WITH own AS (
+                SELECT stream_id, max(version) AS head, count(*) AS n, max(position) AS last
+                FROM events GROUP BY stream_id
+            )
+            SELECT s.stream_id, s.parent_id, s.fork_version, s.created_at,
+                   coalesce(own.head, s.fork_version, 0), coalesce(own.n, 0), e.kind, e.recorded_at
+            FROM streams s
+            LEFT JOIN own ON own.stream_id = s.stream_id
+            LEFT JOIN events e ON e.position = own.last
+            ORDER BY s.created_at, s.stream_id
+            """
+        )
+        return [StreamInfo(*row) for row in rows]
+
+    def stream_positions(self) -> dict[str, int]:
+        """Each stream's newest own position (a branch with no own events is absent)."""
+        return dict(self._all("SELECT stream_id, max(position) FROM events GROUP BY stream_id"))
+
+    def events_by_ids(self, event_ids: Iterable[str]) -> dict[str, RecordedEvent]:
+        """The recorded events with these ids, by id (ids not recorded are absent)."""
+        rows = self._all(f"SELECT {COLUMNS} FROM events WHERE event_id = ANY(%s)", (list(event_ids),))
+        return {row[3]: to_recorded(row) for row in rows}
+
+    def caused_by(self, causation_ids: Iterable[str], kinds: Sequence[str] = ()) -> list[RecordedEvent]:
+        """Events whose `causation_id` is one of these (of `kinds`, if given), in position order."""
+        rows = self._all(
+            f"SELECT {COLUMNS} FROM events WHERE causation_id = ANY(%s) AND (%s OR kind = ANY(%s)) ORDER BY position",
+            (list(causation_ids), not kinds, list(kinds)),
+        )
+        return [to_recorded(row) for row in rows]
+
+    def timeline(
+        self,
+        run_id: str,
+        *,
+        kinds: Sequence[str] = (),
+        actors: Sequence[str] = (),
+        since: str | None = None,
+        after_version: int = 0,
+        limit: int | None = None,
+    ) -> list[TimelineRow]:
+        """A run's events through the `timeline` view (see `SQLiteStore.timeline`); `actors`
+        are glob patterns, matched as LIKE patterns here."""
+        self.head(run_id)  # raises StreamNotFound for an unknown run
+        rows = self._all(
+            "SELECT run_id, version, kind, actor, recorded_at, coalesce(summary, ''), stream_id, position, event_id,"
+            " causation_id FROM timeline WHERE run_id = %s AND version > %s AND (%s OR kind = ANY(%s))"
+            " AND (%s OR actor LIKE ANY(%s)) AND (%s::text IS NULL OR recorded_at >= %s)"
+            " ORDER BY version DESC LIMIT %s",
+            (run_id, after_version, not kinds, list(kinds), not actors, [_glob_to_like(a) for a in actors],
+             since or None, since or None, limit),
+        )
+        return [TimelineRow(*row) for row in reversed(rows)]
+
+    # -- subscriptions ---------------------------------------------------------------
+
+    def _wait_for_news(self, position: int, timeout: float) -> None:
+        """Wait for a NOTIFY from an append (or `timeout`); plain sleep if listening fails."""
+        deadline = time.monotonic() + timeout
+        if not self._listener_lock.acquire(timeout=timeout):
+            return
+        try:
+            if self._listener is None or self._listener.closed:
+                self._listener = psycopg.connect(self.path, autocommit=True)
+                self._listener.execute(f"LISTEN {CHANNEL}")
+                return  # listening from now on; the caller reads again before waiting
+            for _ in self._listener.notifies(timeout=max(deadline - time.monotonic(), 0.001), stop_after=1):
+                pass
+        except psycopg.Error:
+            self._listener = None  # reconnect on the next wait; meanwhile poll
+            time.sleep(max(deadline - time.monotonic(), 0))
+        finally:
+            self._listener_lock.release()
+
+    # -- derived state outside the chain --------------------------------------------
+
+    def checkpoint(self, name: str) -> tuple[int, str] | None:
+        """(position, fingerprint) a projection named `name` has processed up to, if any."""
+        rows = self._all("SELECT position, fingerprint FROM projection_checkpoints WHERE name = %s", (name,))
+        return tuple(rows[0]) if rows else None
+
+    def save_checkpoint(self, name: str, position: int, fingerprint: str) -> None:
+        self._all(
+            "INSERT INTO projection_checkpoints (name, position, fingerprint, updated_at) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (name) DO UPDATE SET position = excluded.position, fingerprint = excluded.fingerprint,"
+            " updated_at = excluded.updated_at RETURNING 1",
+            (name, position, fingerprint, utc_now()),
+        )
+
+    def acquire_lease(self, stream_id: str, holder: str, seconds: float, *, take_over: str | None = None) -> Lease | None:
+        """Hold `stream_id` for `seconds` as `holder`: the held lease, or None if another holds it.
+
+        One statement inserts or takes over the row only where it is free, ours, `take_over`'s
+        or run out, so of two hosts starting on one run only one gets it."""
+        now = time.time()
+        rows = self._all(
+            "INSERT INTO leases (stream_id, holder, expires_at) VALUES (%s, %s, %s) ON CONFLICT (stream_id)"
+            " DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at"
+            " WHERE leases.holder IN (%s, %s) OR leases.expires_at <= %s RETURNING 1",
+            (stream_id, holder, now + seconds, holder, take_over or holder, now),
+        )
+        return Lease(stream_id=stream_id, holder=holder, expires_at=now + seconds) if rows else None
+
+    def release_lease(self, stream_id: str, holder: str) -> None:
+        """Let go of `stream_id`, if `holder` holds it."""
+        self._all("DELETE FROM leases WHERE stream_id = %s AND holder = %s RETURNING 1", (stream_id, holder))
+
+    def leases(self) -> dict[str, Lease]:
+        """The leases not yet run out, by stream."""
+        rows = self._all("SELECT stream_id, holder, expires_at FROM leases WHERE expires_at > %s", (time.time(),))
+        return {row[0]: Lease(stream_id=row[0], holder=row[1], expires_at=row[2]) for row in rows}
+
+    # -- integrity and accounting ----------------------------------------------------
+
+    def verify(
+        self,
+        progress: Callable[[int], None] | None = None,
+        *,
+        anchors: Sequence[tuple[str, int]] = (),
+        fast: bool = False,
+    ) -> VerifyReport:
+        """Walk the whole log (chain, numbering, invariants: `stores.base.walk_chain`), check
+        that `log_head` agrees with the last row, then the anchors. PostgreSQL checks its own
+        pages (checksums, if the cluster has them), so `fast` changes nothing here."""
+        with self._translate(), self._pool.connection() as conn, conn.transaction():
+            forks = {sid: (parent, fork) for sid, parent, fork in conn.execute(
+                "SELECT stream_id, parent_id, fork_version FROM streams")}
+            columns = COLUMNS.replace("payload", "convert_to(payload, 'UTF8')")
+            with conn.cursor(name="apollo_es_verify") as rows:
+                rows.itersize = 2000
+                rows.execute(f"SELECT {columns} FROM events ORDER BY position")
+                report = walk_chain(rows, forks, progress)
+            head = conn.execute("SELECT position, hash FROM log_head").fetchone()
+            last = conn.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone()
+            found = {position: conn.execute("SELECT hash FROM events WHERE position = %s", (position,)).fetchone()
+                     for _hash, position in anchors}
+        if not report.ok:
+            return report
+        if tuple(head) != (tuple(last) if last else (0, head[1] if head[0] == 0 else None)):
+            return VerifyReport(ok=False, events_checked=report.events_checked, first_bad_position=head[0],
+                                reason=f"log_head says position {head[0]}, the last row is {last[0] if last else 0}")
+        for anchored_hash, position in anchors:
+            row = found[position]
+            if problem := anchor_problem(anchored_hash, position, row[0] if row else None):
+                return VerifyReport(ok=False, events_checked=report.events_checked, first_bad_position=position,
+                                    reason=problem)
+        return VerifyReport(ok=True, events_checked=report.events_checked, anchors_checked=len(anchors))
+
+    def stats(self) -> dict[str, Any]:
+        """Counts an operator wants at a glance, and the head hash to anchor the chain elsewhere."""
+        by_kind = dict(self._all("SELECT kind, count(*) FROM events GROUP BY kind ORDER BY kind"))
+        streams, branches = self._all("SELECT count(*), count(parent_id) FROM streams")[0]
+        last = self._all("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
+        size = self._all("SELECT pg_total_relation_size('events') + pg_total_relation_size('streams')")[0][0]
+        return stats_dict(_safe(self.path), by_kind, streams, branches, last[0] if last else None, size, self.costs())
+
+    def costs(self) -> dict[str, float]:
+        """Dollars recorded per stream for its own model calls (see `SQLiteStore.costs`)."""
+        rows = self._all(
+            "SELECT stream_id, sum(cost) FROM ("
+            " SELECT stream_id, (payload::json->>'cost_usd')::float8 AS cost FROM events"
+            " WHERE kind IN ('AgentActed', 'ContextSummarized', 'ActionJudged')"
+            " UNION ALL SELECT e.stream_id, (d->>'cost_usd')::float8 FROM events e,"
+            " json_array_elements(CASE WHEN e.kind = 'AgentActed' THEN e.payload::json->'discarded' END) d"
+            ") c WHERE cost IS NOT NULL GROUP BY stream_id"
+        )
+        return {stream_id: float(total) for stream_id, total in rows}
+
+
+def _glob_to_like(pattern: str) -> str:
+    """A GLOB pattern (`*`, `?`) as a LIKE pattern, LIKE's own wildcards escaped."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _safe(url: str) -> str:
+    """The URL without a password, for messages."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    return f"postgresql://{info.get('user', '')}@{info.get('host', '')}/{info.get('dbname', '')}"

@@ -1,0 +1,135 @@
+"""The PostgreSQL schema: the same tables, triggers and audit view names as SQLite's.
+
+Text ids use the "C" collation so `streams()` orders as SQLite does (bytewise). Payloads are
+`text`, the exact bytes that were hashed; the views read them as `json` (not `jsonb`, which
+would reorder keys and re-space nested values), so a `psql` query over `timeline` gives what
+`sqlite-utils` gives over the SQLite file.
+
+`log_head` is one row: the last position and hash. Appends update it inside their
+transaction, which makes positions gapless and in commit order (see `postgres.py`).
+
+A writer role for hosts that should not be able to get around the triggers:
+    CREATE ROLE apollo_writer LOGIN;
+    GRANT SELECT, INSERT ON events, streams TO apollo_writer;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON leases, projection_checkpoints TO apollo_writer;
+    GRANT SELECT, UPDATE ON log_head TO apollo_writer;  -- no DELETE, no TRUNCATE anywhere
+and the tables owned by another role (only an owner or superuser can disable triggers).
+"""
+
+from apollo_es.schema import STORE_FORMAT
+
+__all__ = ["PG_SCHEMA_SQL", "STORE_FORMAT"]
+
+_TEXT = 'text COLLATE "C"'
+
+_TABLES = [
+    "CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL)",
+    f"""
+    CREATE TABLE IF NOT EXISTS streams (
+        stream_id {_TEXT} PRIMARY KEY,
+        parent_id {_TEXT} REFERENCES streams (stream_id),
+        fork_version bigint,
+        created_at {_TEXT} NOT NULL,
+        CHECK ((parent_id IS NULL) = (fork_version IS NULL))
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS streams_parent ON streams (parent_id)",
+    f"""
+    CREATE TABLE IF NOT EXISTS events (
+        position bigint PRIMARY KEY,
+        stream_id {_TEXT} NOT NULL REFERENCES streams (stream_id),
+        version bigint NOT NULL,
+        event_id {_TEXT} NOT NULL UNIQUE,
+        kind {_TEXT} NOT NULL,
+        schema integer NOT NULL,
+        recorded_at {_TEXT} NOT NULL,
+        actor {_TEXT} NOT NULL,
+        causation_id {_TEXT},
+        payload text NOT NULL,
+        prev_hash text NOT NULL,
+        hash text NOT NULL,
+        UNIQUE (stream_id, version)
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS events_causation ON events (causation_id) WHERE causation_id IS NOT NULL",
+    """
+    CREATE TABLE IF NOT EXISTS log_head (
+        one boolean PRIMARY KEY DEFAULT true CHECK (one),
+        position bigint NOT NULL,
+        hash text NOT NULL
+    )
+    """,
+    f"INSERT INTO log_head (one, position, hash) VALUES (true, 0, '{'0' * 64}') ON CONFLICT DO NOTHING",
+    f"CREATE TABLE IF NOT EXISTS leases (stream_id {_TEXT} PRIMARY KEY, holder text NOT NULL,"
+    " expires_at double precision NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS projection_checkpoints (name text PRIMARY KEY, position bigint NOT NULL,"
+    " fingerprint text NOT NULL, updated_at text NOT NULL)",
+]
+
+_TRIGGERS = [
+    """
+    CREATE OR REPLACE FUNCTION apollo_es_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION '% are append-only: % is not allowed', TG_TABLE_NAME, TG_OP;
+    END $$
+    """,
+    *(
+        f"CREATE OR REPLACE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON {table}"
+        " FOR EACH STATEMENT EXECUTE FUNCTION apollo_es_refuse()"
+        for table in ("events", "streams")
+    ),
+]
+
+# The SQLite view's summary, in PostgreSQL's dialect (p is the payload as json).
+_SUMMARY = """
+    CASE e.kind
+        WHEN 'RunStarted' THEN 'task ' || (p->>'task_id') || ': ' || substr(replace(p->>'task', chr(10), ' '), 1, 100)
+        WHEN 'AgentActed' THEN coalesce(
+            (SELECT string_agg((c->>'name') || '(' || substr(replace(c->>'arguments', chr(10), ' '), 1, 80) || ')', ' ' ORDER BY n)
+             FROM json_array_elements(p->'tool_calls') WITH ORDINALITY AS t (c, n)),
+            '') || CASE WHEN p->>'text' <> '' THEN ' "' || substr(replace(p->>'text', chr(10), ' '), 1, 80) || '"' ELSE '' END
+        WHEN 'ToolObserved' THEN
+            CASE WHEN (p->>'is_error')::boolean THEN 'ERROR ' ELSE '' END
+            || coalesce('exit ' || (p->>'exit_code') || ': ', '')
+            || substr(replace(p->>'output', chr(10), ' '), 1, 100)
+        WHEN 'HumanIntervened' THEN (p->>'kind') || ' from ' || (p->>'annotator') || ': '
+            || substr(replace(p->>'message', chr(10), ' '), 1, 100)
+        WHEN 'ContextSummarized' THEN 'summary of v' || (p->>'replaces_from') || '..v' || (p->>'replaces_to')
+            || ' (' || (p->>'tokens_before') || ' -> ' || (p->>'tokens_after') || ' tokens)'
+        WHEN 'ActionJudged' THEN (p->>'verdict') || ' ' || coalesce(p->>'score', '') || ' by '
+            || (p->>'judge_id') || ': ' || substr(p->>'reason', 1, 80)
+        WHEN 'BranchCreated' THEN 'branch of ' || (p->>'parent_stream') || ' at v' || (p->>'fork_version')
+            || CASE WHEN p->>'reason' <> '' THEN ': ' || (p->>'reason') ELSE '' END
+        WHEN 'RunReconfigured' THEN 'settings changed'
+            || CASE WHEN p->>'reason' <> '' THEN ': ' || (p->>'reason') ELSE '' END
+        WHEN 'RunFinished' THEN (p->>'status')
+            || CASE WHEN p->>'final_answer' <> ''
+                THEN ': ' || substr(replace(p->>'final_answer', chr(10), ' '), 1, 100) ELSE '' END
+        ELSE ''
+    END
+"""
+
+_VIEWS = [
+    """
+    CREATE OR REPLACE VIEW lineage AS
+    WITH RECURSIVE chain (run_id, source_id, up_to) AS (
+        SELECT stream_id, stream_id, NULL::bigint FROM streams
+        UNION ALL
+        SELECT chain.run_id, s.parent_id, least(coalesce(chain.up_to, s.fork_version), s.fork_version)
+        FROM chain JOIN streams s ON s.stream_id = chain.source_id
+        WHERE s.parent_id IS NOT NULL
+    )
+    SELECT run_id, source_id, up_to FROM chain
+    """,
+    f"""
+    CREATE OR REPLACE VIEW timeline AS
+    SELECT l.run_id, e.version, e.kind, e.actor, e.recorded_at,
+           {_SUMMARY} AS summary,
+           e.stream_id, e.position, e.event_id, e.causation_id, e.payload
+    FROM lineage l
+    JOIN events e ON e.stream_id = l.source_id AND (l.up_to IS NULL OR e.version <= l.up_to)
+    CROSS JOIN LATERAL (SELECT e.payload::json AS p) AS j
+    """,
+]
+
+PG_SCHEMA_SQL: list[str] = _TABLES + _TRIGGERS + _VIEWS
