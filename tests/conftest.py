@@ -351,3 +351,19 @@ def _raw_append_fixture() -> Callable[..., int]:
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Install bubblewrap where missing; without it the sandbox tests fail with the fix named."""
     debian_binary("bwrap", "bubblewrap")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dirs(tmp_path_factory) -> dict[str, Path]:
+    """A tiny tokenizer of every bundled chat-template family, built once per test session."""
+    from projections.tiny_tokenizer import FAMILIES, build_tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("tokenizers")
+    return {family: build_tiny_tokenizer(root / family, family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tokenizers(tokenizer_dirs) -> dict:
+    from projections.chat_template import load_tokenizer
+
+    return {family: load_tokenizer(path) for family, path in tokenizer_dirs.items()}

@@ -23,24 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from projections.chat_template import RenderError, chat_template, load_tokenizer, render_masked, tokenizer_info
-from projections.tiny_tokenizer import FAMILIES, build_tiny_tokenizer
+from projections.tiny_tokenizer import FAMILIES
 
 REASONING = ("glm45", "chatml", "qwen3", "chatml-generation")
 """Families whose templates have a place for reasoning (Llama 3's has none)."""
 
 TOOLS = [{"type": "function", "function": {"name": "run_command", "description": "Run a shell command.",
                                             "parameters": {"type": "object", "properties": {"command": {"type": "string"}}}}}]
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dirs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tokenizers")
-    return {family: build_tiny_tokenizer(root / family, family) for family in FAMILIES}
-
-
-@pytest.fixture(scope="module")
-def tokenizers(tokenizer_dirs) -> dict:
-    return {family: load_tokenizer(path) for family, path in tokenizer_dirs.items()}
 
 
 def _call(turn: int, command: str) -> dict:

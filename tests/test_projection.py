@@ -31,19 +31,6 @@ from projections.rules import RuleSet
 from projections.samples import stream_samples
 from projections.tiny_tokenizer import build_tiny_tokenizer
 
-FAMILIES = ("glm45", "chatml")
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dirs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tokenizers")
-    return {family: build_tiny_tokenizer(root / family, family) for family in FAMILIES}
-
-
-@pytest.fixture(scope="module")
-def tokenizers(tokenizer_dirs) -> dict:
-    return {family: load_tokenizer(path) for family, path in tokenizer_dirs.items()}
-
 
 def test_a_tokenizer_without_a_chat_template_is_refused(tmp_path, tokenizer_dirs):
     plain = tmp_path / "plain"
