@@ -15,11 +15,12 @@ human's guidance would be trained without the reasoning the model produced. So:
 2. **Pieces, built from the end.** Render the conversation up to the last trained turn not
    yet placed; every such turn whose text there equals its own generation is trained in
    this piece, the others wait for a shorter piece. A piece ends with its last trained
-   turn. A turn is also placed only if the piece starts with its own prompt: since later
-   messages rewrite earlier turns from some point back, the turns whose prompt holds are
-   the piece's last ones, found by a binary search over rendered prompts. For GLM-4.5 a
-   guidance message mid-segment gives two pieces, the earlier one a prefix of the later
-   one (the token overhead `bench/projection.py` measures).
+   turn. A turn is also placed only if the piece starts with its own prompt. Turns before
+   every rewritten one have theirs; after a rewritten turn, a turn's prompt holds once the
+   messages since have rewritten it too, which only grows with later turns, so within each
+   stretch between rewritten turns a binary search over rendered prompts finds the turns
+   whose prompt holds. For GLM-4.5 a guidance message mid-segment gives two pieces, the
+   earlier one a prefix of the later one (the token overhead `bench/projection.py` measures).
 3. **Content is data.** Special-token strings inside messages (a tool output that prints
    a tokenizer config, say) are escaped before rendering, so the template cannot mistake
    them for its own, and are tokenized as plain text. Only the template's own special
@@ -37,8 +38,10 @@ follows: `<|observation|>` after tool calls, `<|user|>` otherwise.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
+import itertools
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -218,6 +221,13 @@ class ChatTemplate:
                     "trained on what the model generated", message_index=index)
         return _Generation(text, ends)
 
+    def _generation_or_none(self, message: dict, index: int) -> _Generation | None:
+        """`generation` for a turn that is not trained: None where the template cannot write it."""
+        try:
+            return self.generation(message, index)
+        except RenderError:
+            return None
+
     def _closing(self, turn: dict, follower: dict) -> str:
         """The end-of-turn token the template writes after `turn` when `follower` comes next."""
         alone, followed = self._render([_USER, turn], None), self._render([_USER, turn, follower], None)
@@ -258,17 +268,25 @@ class ChatTemplate:
             raise RenderError(f"{len(train)} train flags for {len(assistants)} assistant messages")
         messages, tools = self.escape(list(messages)), self.escape(list(tools or []))
         pending = [i for i, keep in zip(assistants, train) if keep]
-        generations = {i: self.generation(messages[i], i) for i in pending}
+        generations: dict[int, _Generation | None] = {i: self.generation(messages[i], i) for i in pending}
         pieces = []
         while pending:
             last = pending[-1]
             text, starts = self._rendered_turns(messages[:last + 1], tools)
-            placed = [i for i in pending if text.startswith(generations[i].text, starts[i])]
+
+            def as_generated(i: int) -> bool:
+                if i not in generations:  # an untrained turn: only needed to see whether it was rewritten
+                    generations[i] = self._generation_or_none(messages[i], i)
+                generated = generations[i]
+                return generated is not None and text.startswith(generated.text, starts[i])
+
+            rewritten = [i for i in starts if not as_generated(i)]
+            placed = [i for i in pending if i not in rewritten]
             if last not in placed:
                 raise RenderError(
                     f"as the final turn the template writes {text[starts[last]:starts[last] + 80]!r}, its own rendering of "
                     f"the generation is {generations[last].text[:80]!r}", message_index=last)
-            placed = self._with_their_prompts(messages, tools, text, starts, placed)
+            placed = self._with_their_prompts(messages, tools, text, starts, placed, rewritten)
             spans = []
             for i in placed:
                 begin, end = starts[i], starts[i] + len(generations[i].text)
@@ -285,12 +303,15 @@ class ChatTemplate:
         return pieces[::-1]
 
     def _with_their_prompts(self, messages: list[dict], tools: list[dict], text: str, starts: dict[int, int],
-                            placed: list[int]) -> list[int]:
+                            placed: list[int], rewritten: list[int]) -> list[int]:
         """The turns of `placed` whose own prompt `text` starts with.
 
-        Later messages can rewrite how earlier ones render (a user message makes GLM-4.5 drop
-        the reasoning of the turns before it), so a turn's prompt is a prefix of `text` from
-        some turn on and not before it: a binary search finds that turn in log2(n) renders.
+        Later messages rewrite how earlier turns render (a user message makes GLM-4.5 drop the
+        reasoning of the turns before it): `rewritten` are the turns `text` does not show as
+        generated. A turn before all of them has its prompt in `text` as it was. After one of
+        them, the prompt holds once the turns that came between have rewritten it too, which
+        only grows with later turns: within each stretch between rewritten turns the turns
+        whose prompt holds are the last ones, found by a binary search over rendered prompts.
         """
         def prompt_holds(turn: int) -> bool:
             return self._render(messages[:turn], tools, generation_prompt=True) == text[:starts[turn]]
@@ -298,14 +319,21 @@ class ChatTemplate:
         if not prompt_holds(placed[-1]):
             raise RenderError("the template writes the conversation before this turn differently once the turn "
                               "follows it", message_index=placed[-1])
-        low, high = 0, len(placed) - 1
-        while low < high:
-            middle = (low + high) // 2
-            if prompt_holds(placed[middle]):
-                high = middle
-            else:
-                low = middle + 1
-        return placed[low:]
+        kept = []
+        for stretch, turns in itertools.groupby(placed, key=lambda turn: bisect.bisect(rewritten, turn)):
+            turns = list(turns)
+            if stretch == 0:
+                kept += turns
+                continue
+            low, high = 0, len(turns)  # turns[high:] hold; turns[len(turns)] stands for "none"
+            while low < high:
+                middle = (low + high) // 2
+                if prompt_holds(turns[middle]):
+                    high = middle
+                else:
+                    low = middle + 1
+            kept += turns[low:]
+        return kept
 
     def _parts(self, text: str, cuts: Sequence[int]) -> list[tuple[int, int, bool]]:
         """`text` (escaped) cut at its control tokens and at `cuts`: (start, end, is a control token)."""

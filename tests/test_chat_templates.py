@@ -115,6 +115,20 @@ def test_every_trained_turn_is_its_generation_after_its_own_prompt(tokenizers, f
     check()
 
 
+def test_an_untrained_turn_with_reasoning_between_trained_ones(tokenizers):
+    """Found by the property above: under GLM-4.5, an untrained turn with reasoning sits
+    between trained turns without; the trained turn right after it was given the reasoning,
+    the one after the next human message was not. Each must get its own prompt."""
+    user = {"role": "user", "content": "No tool was called."}
+    plain = {"role": "assistant", "content": "w"}
+    thinking = {"role": "assistant", "content": "w", "reasoning_content": "r",
+                "tool_calls": [_call(2, "")]}
+    messages = [{"role": "system", "content": ""}, {"role": "user", "content": "task"}, plain, user, user, plain, user, user,
+                thinking, {"role": "tool", "content": "", "tool_call_id": "c2"}, plain, user, user, plain, user]
+    pieces = _check_fidelity(tokenizers["glm45"], messages, [True, True, False, True, True])
+    assert sorted(turn for piece in pieces for turn in piece.turns) == [2, 5, 10, 13]
+
+
 def _segment_with_guidance(family: str, stop: bool = False) -> list[dict]:
     """Three turns with reasoning, a person's guidance after the second, a final answer (or a stop)."""
     messages = [{"role": "system", "content": "Be careful."}, {"role": "user", "content": "Train the classifier."}]
