@@ -22,8 +22,11 @@ not a Hugging Face model directory: `python -m train.export CHECKPOINT OUT_DIR` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -117,7 +120,8 @@ def save_checkpoint(
         (partial / "rng").mkdir(parents=True)
     _barrier()
     model_state, optimizer_state = get_state_dict(hf_model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(partial / STATE_DIR), no_dist=world == 1)
+    with _one_process_is_meant():
+        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(partial / STATE_DIR), no_dist=world == 1)
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
@@ -146,7 +150,8 @@ def load_training_state(checkpoint: Path, *, hf_model: nn.Module, optimizer: tor
     rank, world = _rank()
     model_state, optimizer_state = get_state_dict(hf_model, optimizer)
     target = {"model": model_state, "optimizer": optimizer_state}
-    dcp.load(target, checkpoint_id=str(checkpoint / STATE_DIR), no_dist=world == 1)
+    with _one_process_is_meant():
+        dcp.load(target, checkpoint_id=str(checkpoint / STATE_DIR), no_dist=world == 1)
     set_state_dict(hf_model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
     scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
     rng_file = checkpoint / "rng" / f"rank-{rank}.pt"
@@ -163,5 +168,15 @@ def load_weights(checkpoint: Path, hf_model: nn.Module) -> None:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
     target = {"model": get_model_state_dict(hf_model)}
-    dcp.load(target, checkpoint_id=str(checkpoint / STATE_DIR), no_dist=_rank()[1] == 1)
+    with _one_process_is_meant():
+        dcp.load(target, checkpoint_id=str(checkpoint / STATE_DIR), no_dist=_rank()[1] == 1)
     set_model_state_dict(hf_model, target["model"])
+
+
+@contextlib.contextmanager
+def _one_process_is_meant() -> Iterator[None]:
+    """torch.distributed.checkpoint warns that it assumes one process when no process group
+    exists; for a single-process run that is exactly the intent, so the warning is noise."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
