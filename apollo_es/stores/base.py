@@ -218,6 +218,15 @@ def prepare(items: Iterable[Event | NewEvent], default_actor: str, max_payload_b
     return prepared
 
 
+def prepare_append(stream_id: str, items: Iterable[Event | NewEvent], actor: str, max_payload_bytes: int) -> list[Prepared]:
+    """Everything an append checks before its transaction, the same on every backend."""
+    check_stream_id(stream_id)
+    check_actor(actor)
+    prepared = prepare(items, actor, max_payload_bytes)
+    check_unique_ids(prepared, "append")
+    return prepared
+
+
 def check_unique_ids(prepared: Sequence[Prepared], what: str) -> None:
     if len({p.event_id for p in prepared}) != len(prepared):
         raise errors.DuplicateEventError(f"the same event id appears twice in one {what}")

@@ -51,6 +51,7 @@ from apollo_es.stores.base import (
     hash_rows,
     in_given_order,
     prepare,
+    prepare_append,
     stats_dict,
     to_recorded,
     utc_now,
@@ -189,12 +190,9 @@ class PostgresStore(LineageReads):
         If a concurrent writer records one of the ids between the lookup and the insert, the
         unique index refuses this transaction and it is tried once more, finding them stored.
         """
-        check_stream_id(stream_id)
-        check_actor(actor)
-        prepared = prepare(new_events, actor, self.max_payload_bytes)
+        prepared = prepare_append(stream_id, new_events, actor, self.max_payload_bytes)
         if not prepared:
             return []
-        check_unique_ids(prepared, "append")
         try:
             return self._append_once(stream_id, prepared, expected_version)
         except StoreError as exc:

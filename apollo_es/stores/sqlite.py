@@ -47,6 +47,7 @@ from apollo_es.stores.base import (
     hash_rows,
     in_given_order,
     prepare,
+    prepare_append,
     stats_dict,
     to_recorded,
     utc_now,
@@ -268,12 +269,9 @@ class SQLiteStore(LineageReads):
         `expected_version` does not match, `InvalidEventError` for an event that would not
         decode back, and writes nothing in either case.
         """
-        check_stream_id(stream_id)
-        check_actor(actor)
-        prepared = prepare(new_events, actor, self.max_payload_bytes)
+        prepared = prepare_append(stream_id, new_events, actor, self.max_payload_bytes)
         if not prepared:
             return []
-        check_unique_ids(prepared, "append")
         with self._transaction() as conn:
             # Only ids the caller chose can already be recorded; generated ones are new.
             known = self._existing(conn, stream_id, [p.event_id for p in prepared if p.chosen_id])
