@@ -107,17 +107,26 @@ def _unsharded_grad(fsdp_param):
 
 
 def run_probe(work: Path, model: dict | None = None) -> list[dict]:
-    """Launch `probe` on 2 gloo processes; each rank's report."""
+    """Launch `probe` on 2 gloo processes; each rank's report.
+
+    Once in about 40 runs under load, a rank aborted inside torch ("terminate called without
+    an active exception", exit -6) and the launch failed; a launch that fails that way is run
+    once more, any other failure fails the test.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     extra = [json.dumps(model)] if model else []
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__, str(work), *extra]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"torchrun timed out; stderr:\n{stderr[-4000:]}")
+    for attempt in (1, 2):
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+        try:
+            stdout, stderr = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the group this test started
+            stdout, stderr = process.communicate()
+            pytest.fail(f"torchrun timed out; stderr:\n{stderr[-4000:]}")
+        if process.returncode == 0 or attempt == 2 or "terminate called without an active exception" not in stderr:
+            break
     assert process.returncode == 0, f"stdout:\n{stdout}\nstderr:\n{stderr[-4000:]}"
     return [json.loads((work / f"probe-rank-{rank}.json").read_text()) for rank in range(2)]
 
