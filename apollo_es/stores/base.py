@@ -41,6 +41,7 @@ __all__ = [
     "LineageReads",
     "Store",
     "chain_hash",
+    "envelope_tail",
     "new_event_ids",
     "utc_now",
 ]
@@ -150,6 +151,16 @@ def chain_hash(prev_hash: str, header: Sequence[Any], payload: bytes) -> str:
     digest.update(b"\n")
     digest.update(payload)
     return digest.hexdigest()
+
+
+def envelope_tail(header_after_position: Sequence[Any]) -> str:
+    """The envelope's JSON as `chain_hash` hashes it, less its opening `[position,`.
+
+    PostgreSQL appends hash on the server, where positions are taken: it hashes the previous
+    hash, `[`, the position, `,`, this text, a newline and the payload, which are the bytes
+    `chain_hash` hashes for the whole envelope (a JSON integer is its decimal digits).
+    """
+    return _header_encoder.encode(header_after_position)[1:].decode()
 
 
 def new_event_ids(count: int) -> list[str]:

@@ -1,32 +1,41 @@
 """The PostgreSQL backend: one log shared by many hosts, same contract as SQLite.
 
 Positions: `log_head` is a one-row table (last position, last hash). An append locks that
-row with `UPDATE ... RETURNING` as its *last* step before inserting, so the row lock is held
-from the moment positions are taken until commit. The next writer cannot take positions
-before this one commits or rolls back, hence positions are gapless (a rollback restores the
-counter) and commit order equals position order: a reader tailing `position > n` never sees
-n + 2 before n + 1 is visible, so it never skips an event. (A sequence would leave gaps and
-commit out of order; `LOCK TABLE events IN EXCLUSIVE MODE` would also block readers' index
-scans less finely and for the whole transaction.)
+row as its *last* step before inserting, so the row lock is held from the moment positions
+are taken until commit. The next writer cannot take positions before this one commits or
+rolls back, hence positions are gapless (a rollback restores the counter) and commit order
+equals position order: a reader tailing `position > n` never sees n + 2 before n + 1 is
+visible, so it never skips an event. (A sequence would leave gaps and commit out of order;
+`LOCK TABLE events IN EXCLUSIVE MODE`, as the eventsourcing library does, would hold a
+table lock for the whole transaction.)
 
-Everything that does not need the position runs before the lock: validation, encoding, the
-idempotency lookup, the stream row lock (`SELECT ... FOR UPDATE`, which orders writers of
-one stream) and the version check. While the head row is held the client does one hash
-pass in memory (SHA-256 of a few KB per event) and sends one statement that inserts the
-batch (`unnest` of arrays), stores the new head hash and queues a NOTIFY; then COMMIT.
+The client does everything that does not need a position first, without a lock and without
+a transaction: validation, encoding, the idempotency lookup, reading the stream's head and
+checking the expected version and the event invariants against it. Then one statement,
+`apollo_es_append(...)` (`postgres_schema.py`), run in autocommit, locks the stream row,
+checks that its head has not moved since (if it has, the append starts over, or fails with
+`ConcurrencyError` when a version was expected), takes the positions, hashes the batch with
+the server's `sha256`, inserts it and queues a NOTIFY; the server commits at once. So no
+client round trip happens while the log head is held, and an append is two round trips in
+all (one when nothing needs looking up). A branch claims its stream row and appends in one
+transaction, so its COMMIT is one round trip under the lock; branches are rare.
 
-Subscriptions poll `read_all`, woken early by `LISTEN apollo_es_log` on one dedicated
-connection per store; if that connection is lost they fall back to plain polling and
-listen again on the next wait, resuming from the last position they yielded.
+Subscriptions poll `read_all`, woken early by NOTIFY: one listening connection per process
+and database (`_Listener`) wakes every waiting subscriber, threads and asyncio tasks alike.
+If that connection is lost, subscribers fall back to polling while it reconnects, and every
+subscriber re-reads from the last position it yielded, so nothing is missed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
+
+import anyio
 
 import psycopg
 import psycopg_pool
@@ -48,7 +57,7 @@ from apollo_es.stores.base import (
     check_stream_id,
     check_unique_ids,
     duplicate_elsewhere,
-    hash_rows,
+    envelope_tail,
     in_given_order,
     prepare,
     prepare_append,
@@ -57,22 +66,20 @@ from apollo_es.stores.base import (
     utc_now,
     walk_chain,
 )
-from apollo_es.stores.postgres_schema import PG_SCHEMA_SQL, STORE_FORMAT
+from apollo_es.stores.postgres_schema import CHANNEL, PG_SCHEMA_SQL, SCHEMA_DIGEST, STORE_FORMAT
 from events import BranchCreated, Event
 from events.envelope import ANY, ExpectedVersion, Lease, NewEvent, RecordedEvent, StreamInfo, TimelineRow, VerifyReport
 
 __all__ = ["PostgresStore"]
 
-CHANNEL = "apollo_es_log"
-_INSERT = (
-    f"WITH ins AS (INSERT INTO events ({COLUMNS}) SELECT * FROM unnest("
-    "%s::bigint[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::int[], %s::text[], %s::text[],"
-    " %s::text[], %s::text[], %s::text[], %s::text[])),"
-    " head AS (UPDATE log_head SET hash = %s)"
-    f" SELECT pg_notify('{CHANNEL}', %s)"
+_APPEND = (
+    "SELECT * FROM apollo_es_append(%s, %s::bigint, %s, %s::text[], %s::text[], %s::int[], %s::text[], %s::text[],"
+    " %s::text[], %s::text[], %s::text[])"
 )
+_STREAM_MOVED = "AP001"  # raised by apollo_es_append when the stream's head is not the one checked
+_MAX_STARTS = 100
 _HEAD = """
-    SELECT coalesce((SELECT max(version) FROM events WHERE stream_id = s.stream_id), s.fork_version, 0)
+    SELECT coalesce((SELECT max(version) FROM events WHERE stream_id = s.stream_id), s.fork_version, 0), s.fork_version
     FROM streams s WHERE s.stream_id = %s
 """
 
@@ -99,7 +106,7 @@ class PostgresStore(LineageReads):
         self.max_payload_bytes = max_payload_bytes
         self.read_only = read_only
         self._lineages = {}
-        self._listener: psycopg.Connection | None = None
+        self._listener: _Listener | None = None
         self._listener_lock = threading.Lock()
         timeout_ms = int(lock_timeout * 1000)
 
@@ -128,23 +135,33 @@ class PostgresStore(LineageReads):
                 found = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]
                 if not found:
                     raise StoreError(f"no store at {_safe(self.path)}")
-            else:
+            elif self._schema_digest(conn) != SCHEMA_DIGEST:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(hashtext('apollo_es schema'))")
                     for statement in PG_SCHEMA_SQL:
                         conn.execute(statement)
                     conn.execute("INSERT INTO meta VALUES ('format', %s) ON CONFLICT DO NOTHING", (str(STORE_FORMAT),))
+                    conn.execute("INSERT INTO meta VALUES ('ddl', %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                                 (SCHEMA_DIGEST,))
             found = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
             if found is None or int(found[0]) != STORE_FORMAT:
                 raise StoreError(f"{_safe(self.path)} has store format {found and found[0]}, "
                                  f"this apollo-es reads format {STORE_FORMAT}")
+
+    @staticmethod
+    def _schema_digest(conn: psycopg.Connection) -> str | None:
+        """The `ddl` digest the database's schema was made with (None for an empty database)."""
+        if not conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]:
+            return None
+        row = conn.execute("SELECT value FROM meta WHERE key = 'ddl'").fetchone()
+        return row[0] if row else None
 
     # -- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
         with self._listener_lock:
             if self._listener is not None:
-                self._listener.close()
+                self._listener.release()
                 self._listener = None
         self._pool.close()
 
@@ -201,21 +218,26 @@ class PostgresStore(LineageReads):
             return self._append_once(stream_id, prepared, expected_version)
 
     def _append_once(self, stream_id: str, prepared: list[Prepared], expected: int | ExpectedVersion) -> list[RecordedEvent]:
-        with self._cursor(transaction=True) as cur:
-            known = self._existing(cur, stream_id, [p.event_id for p in prepared if p.chosen_id])
-            fresh = [p for p in prepared if p.event_id not in known] if known else prepared
-            inserted: list[RecordedEvent] = []
-            if fresh:
-                cur.execute(
-                    "INSERT INTO streams (stream_id, parent_id, fork_version, created_at) VALUES (%s, NULL, NULL, %s)"
-                    " ON CONFLICT DO NOTHING", (stream_id, utc_now()),
-                )
-                fork = cur.execute("SELECT fork_version FROM streams WHERE stream_id = %s FOR UPDATE", (stream_id,)).fetchone()[0]
-                actual = cur.execute(_HEAD, (stream_id,)).fetchone()[0]
+        """Look up and check without a lock, then append in one statement; start over if the
+        stream moved in between (with an expected version, that is a `ConcurrencyError`)."""
+        with self._translate(), self._pool.connection() as conn:
+            cur = conn.cursor()
+            for _ in range(_MAX_STARTS):
+                known = self._existing(cur, stream_id, [p.event_id for p in prepared if p.chosen_id])
+                fresh = [p for p in prepared if p.event_id not in known] if known else prepared
+                if not fresh:
+                    return in_given_order(prepared, known, [])
+                actual, fork = cur.execute(_HEAD, (stream_id,)).fetchone() or (0, None)
                 check_expected(stream_id, expected, actual)
                 check_placement(stream_id, fresh, actual, fork)
-                inserted = self._insert(cur, stream_id, actual, fresh)
-        return in_given_order(prepared, known, inserted)
+                try:
+                    inserted = self._insert(cur, stream_id, actual, fresh)
+                except psycopg.Error as exc:
+                    if exc.sqlstate != _STREAM_MOVED:
+                        raise
+                    continue
+                return in_given_order(prepared, known, inserted)
+        raise errors.StoreBusyError(f"stream {stream_id!r} kept moving: {_MAX_STARTS} appends in a row lost the race")
 
     def branch(
         self,
@@ -261,16 +283,19 @@ class PostgresStore(LineageReads):
         return new_stream_id
 
     def _insert(self, cur: psycopg.Cursor, stream_id: str, head: int, prepared: list[Prepared]) -> list[RecordedEvent]:
-        """Take positions from the log head (locking it until commit), hash, insert, notify."""
-        n = len(prepared)
-        position, prev_hash = cur.execute(
-            "UPDATE log_head SET position = position + %s RETURNING position - %s, hash", (n, n)
-        ).fetchone()
-        recorded = hash_rows(stream_id, head, position, prev_hash, prepared, utc_now())
-        columns = list(map(list, zip(*((r.position, r.stream_id, r.version, r.event_id, r.kind, r.schema, r.recorded_at,
-                               r.actor, r.causation_id, p.payload.decode(), r.prev_hash, r.hash)
-                              for r, p in zip(recorded, prepared)))))
-        cur.execute(_INSERT, (*columns, recorded[-1].hash, str(recorded[-1].position)))
+        """Append `prepared` after version `head` with `apollo_es_append` (positions, hashes, notify)."""
+        now = utc_now()
+        headers = [(stream_id, head + offset, p.event_id, p.kind, p.schema, p.recorded_at or now, p.actor, p.causation_id)
+                   for offset, p in enumerate(prepared, 1)]
+        first, prev_hash, digests = cur.execute(_APPEND, (
+            stream_id, head, now, [p.event_id for p in prepared], [p.kind for p in prepared], [p.schema for p in prepared],
+            [h[5] for h in headers], [p.actor for p in prepared], [p.causation_id for p in prepared],
+            [p.payload.decode() for p in prepared], [envelope_tail(h) for h in headers],
+        )).fetchone()
+        recorded = []
+        for position, header, p, digest in zip(range(first, first + len(prepared)), headers, prepared, digests):
+            recorded.append(RecordedEvent(position, *header, p.event, prev_hash, digest))
+            prev_hash = digest
         return recorded
 
     def _existing(self, cur: psycopg.Cursor, stream_id: str, event_ids: list[str]) -> dict[str, RecordedEvent]:
@@ -385,23 +410,18 @@ class PostgresStore(LineageReads):
 
     # -- subscriptions ---------------------------------------------------------------
 
+    def _listening(self) -> _Listener:
+        with self._listener_lock:
+            if self._listener is None:
+                self._listener = _Listener.share(self.path)
+            return self._listener
+
     def _wait_for_news(self, position: int, timeout: float) -> None:
-        """Wait for a NOTIFY from an append (or `timeout`); plain sleep if listening fails."""
-        deadline = time.monotonic() + timeout
-        if not self._listener_lock.acquire(timeout=timeout):
-            return
-        try:
-            if self._listener is None or self._listener.closed:
-                self._listener = psycopg.connect(self.path, autocommit=True)
-                self._listener.execute(f"LISTEN {CHANNEL}")
-                return  # listening from now on; the caller reads again before waiting
-            for _ in self._listener.notifies(timeout=max(deadline - time.monotonic(), 0.001), stop_after=1):
-                pass
-        except psycopg.Error:
-            self._listener = None  # reconnect on the next wait; meanwhile poll
-            time.sleep(max(deadline - time.monotonic(), 0))
-        finally:
-            self._listener_lock.release()
+        """Wait until an append past `position` is announced, or `timeout` s (then poll)."""
+        self._listening().wait(position, timeout)
+
+    async def _await_news(self, position: int, timeout: float) -> None:
+        await self._listening().await_news(position, timeout)
 
     # -- derived state outside the chain --------------------------------------------
 
@@ -496,6 +516,101 @@ class PostgresStore(LineageReads):
             ") c WHERE cost IS NOT NULL GROUP BY stream_id"
         )
         return {stream_id: float(total) for stream_id, total in rows}
+
+
+class _Listener:
+    """The one `LISTEN` connection of this process for one database, shared by every store
+    object and every subscriber on it (threads and asyncio tasks alike).
+
+    A daemon thread holds the connection and records the highest position announced. After
+    each (re)connection it reads the log head, since appends made while nobody listened were
+    announced to no one. Waiters wait for that position to pass theirs, at most their poll
+    interval, so while the connection is down they simply poll.
+    """
+
+    _shared: dict[str, _Listener] = {}
+    _shared_lock = threading.Lock()
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.users = 0
+        self.backend_pid: int | None = None  # of the listening connection, for tests and operators
+        self._latest = 0
+        self._changed = threading.Condition()
+        self._async_waiters: dict[asyncio.Event, tuple[asyncio.AbstractEventLoop, int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="apollo-es-listen", daemon=True)
+
+    @classmethod
+    def share(cls, url: str) -> _Listener:
+        with cls._shared_lock:
+            listener = cls._shared.get(url)
+            if listener is None:
+                listener = cls._shared[url] = cls(url)
+                listener._thread.start()
+            listener.users += 1
+            return listener
+
+    def release(self) -> None:
+        with self._shared_lock:
+            self.users -= 1
+            if self.users == 0:
+                del self._shared[self.url]
+                self._stop.set()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=5,
+                                     application_name="apollo-es listener") as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.backend_pid = conn.info.backend_pid
+                    self._announce(conn.execute("SELECT position FROM log_head").fetchone()[0])
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=_LISTEN_SLICE):
+                            self._announce(int(note.payload))
+            except (psycopg.Error, ValueError):
+                self.backend_pid = None
+                self._stop.wait(_RECONNECT_DELAY)  # meanwhile waiters poll
+
+    def _announce(self, position: int) -> None:
+        with self._changed:
+            if position <= self._latest:
+                return
+            self._latest = position
+            self._changed.notify_all()
+            woken = [(event, loop) for event, (loop, after) in self._async_waiters.items() if after < position]
+        for event, loop in woken:
+            with contextlib.suppress(RuntimeError):  # its loop has closed
+                loop.call_soon_threadsafe(event.set)
+
+    def wait(self, position: int, timeout: float) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._latest > position, timeout)
+
+    async def await_news(self, position: int, timeout: float) -> None:
+        """`wait` for async code: an `asyncio.Event` set from the listening thread on asyncio,
+        a worker thread elsewhere (trio)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio
+            await anyio.to_thread.run_sync(self.wait, position, timeout, abandon_on_cancel=True)
+            return
+        event = asyncio.Event()
+        with self._changed:
+            if self._latest > position:
+                return
+            self._async_waiters[event] = (loop, position)
+        try:
+            with anyio.move_on_after(timeout):
+                await event.wait()
+        finally:
+            with self._changed:
+                del self._async_waiters[event]
+
+
+_LISTEN_SLICE = 0.5  # s between checks of the stop flag while listening
+_RECONNECT_DELAY = 1.0
 
 
 def _glob_to_like(pattern: str) -> str:

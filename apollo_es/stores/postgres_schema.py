@@ -16,9 +16,14 @@ A writer role for hosts that should not be able to get around the triggers:
 and the tables owned by another role (only an owner or superuser can disable triggers).
 """
 
-from apollo_es.schema import STORE_FORMAT
+import hashlib
 
-__all__ = ["PG_SCHEMA_SQL", "STORE_FORMAT"]
+from apollo_es.schema import STORE_FORMAT
+from apollo_es.stores.base import COLUMNS
+
+__all__ = ["CHANNEL", "PG_SCHEMA_SQL", "SCHEMA_DIGEST", "STORE_FORMAT"]
+
+CHANNEL = "apollo_es_log"  # appends NOTIFY here with the last position; subscribers LISTEN
 
 _TEXT = 'text COLLATE "C"'
 
@@ -132,4 +137,53 @@ _VIEWS = [
     """,
 ]
 
-PG_SCHEMA_SQL: list[str] = _TABLES + _TRIGGERS + _VIEWS
+# The append itself, as one statement run in its own transaction (see `postgres.py`). It
+# takes the stream's row lock, checks that the stream's head is still the one the client
+# validated against (else SQLSTATE AP001 with the actual head as DETAIL), then the log head's
+# row lock, and hashes the rows under it: SHA-256 of the previous hash, "[" position "," and
+# the rest of the envelope as the client encoded it (`tails`), a newline and the payload, the
+# very bytes `stores.base.chain_hash` hashes. Both locks last until the statement's commit,
+# which the server runs at once: no client round trip happens while the log head is held.
+_APPEND_FUNCTION = f"""
+    CREATE OR REPLACE FUNCTION apollo_es_append(
+        p_stream text, p_head bigint, p_created_at text, p_event_ids text[], p_kinds text[],
+        p_schemas int[], p_recorded_at text[], p_actors text[], p_causation_ids text[],
+        p_payloads text[], p_tails text[]
+    ) RETURNS TABLE (first_position bigint, first_prev_hash text, hashes text[]) LANGUAGE plpgsql AS $$
+    DECLARE
+        n int := cardinality(p_payloads);
+        actual bigint;
+        pos bigint;
+        prev text;
+        prevs text[] := '{{}}';
+        digests text[] := '{{}}';
+    BEGIN
+        INSERT INTO streams (stream_id, parent_id, fork_version, created_at)
+            VALUES (p_stream, NULL, NULL, p_created_at) ON CONFLICT DO NOTHING;
+        SELECT coalesce((SELECT max(version) FROM events WHERE stream_id = s.stream_id), s.fork_version, 0)
+            INTO actual FROM streams s WHERE s.stream_id = p_stream FOR UPDATE;
+        IF actual <> p_head THEN
+            RAISE EXCEPTION 'stream % moved on' , p_stream USING ERRCODE = 'AP001', DETAIL = actual::text;
+        END IF;
+        UPDATE log_head SET position = position + n RETURNING position - n, hash INTO pos, prev;
+        FOR i IN 1..n LOOP
+            prevs[i] := prev;
+            prev := encode(sha256(convert_to(
+                prev || '[' || (pos + i)::text || ',' || p_tails[i] || chr(10) || p_payloads[i], 'UTF8')), 'hex');
+            digests[i] := prev;
+        END LOOP;
+        INSERT INTO events ({COLUMNS})
+            SELECT pos + t.i, p_stream, p_head + t.i, t.event_id, t.kind, t.schema, t.recorded_at, t.actor,
+                   t.causation_id, t.payload, prevs[t.i], digests[t.i]
+            FROM unnest(p_event_ids, p_kinds, p_schemas, p_recorded_at, p_actors, p_causation_ids, p_payloads)
+                WITH ORDINALITY AS t (event_id, kind, schema, recorded_at, actor, causation_id, payload, i);
+        UPDATE log_head SET hash = prev;
+        PERFORM pg_notify('{CHANNEL}', (pos + n)::text);
+        RETURN QUERY SELECT pos + 1, prevs[1], digests;
+    END $$
+"""
+
+PG_SCHEMA_SQL: list[str] = _TABLES + _TRIGGERS + _VIEWS + [_APPEND_FUNCTION]
+# Recorded in `meta` as `ddl`: a store whose schema is already this one skips the DDL on
+# open, so a role without CREATE privileges (the writer role above) can open it.
+SCHEMA_DIGEST = hashlib.sha256("\n".join(PG_SCHEMA_SQL).encode()).hexdigest()[:16]
