@@ -106,6 +106,10 @@ class Store(Protocol):
     def leases(self) -> dict[str, Lease]: ...
 
     # integrity and accounting
+    # moving a log (`apollo_es.stores.copy`)
+    def stored_rows(self, after: int = 0, limit: int = 1000) -> list[tuple]: ...
+    def append_stored(self, streams: Sequence[StreamInfo], rows: Sequence[Sequence[Any]]) -> None: ...
+
     def verify(self, progress: Callable[[int], None] | None = None, *,
                anchors: Sequence[tuple[str, int]] = (), fast: bool = False) -> VerifyReport: ...
     def stats(self) -> dict[str, Any]: ...
@@ -365,21 +369,45 @@ def row_problem(
     return placement_problem(event, version, fork) or event_problem(event) or identifier_problem("actor", row[7])
 
 
+class ChainWalk:
+    """The log's rules checked row by row in position order, from the first row: what
+    `verify` walks, and what `copy` checks each source row against before writing it."""
+
+    def __init__(self, forks: dict[str, tuple[str | None, int | None]]) -> None:
+        self.forks = forks
+        self.checked = 0
+        self.prev_hash = GENESIS_HASH
+        self._last_version: dict[str, int] = {}
+
+    def check(self, row: Sequence[Any]) -> str:
+        """Why `row` (payload as bytes) breaks the log after the rows checked so far, or ''."""
+        problem = row_problem(row, self.checked + 1, self.prev_hash, self.forks, self._last_version)
+        if not problem:
+            self.checked += 1
+            self._last_version[row[1]] = row[2]
+            self.prev_hash = row[11]
+        return problem
+
+
 def walk_chain(rows: Iterable[Sequence[Any]], forks: dict[str, tuple[str | None, int | None]],
                progress: Callable[[int], None] | None) -> VerifyReport:
     """Walk rows in position order (payloads as bytes) and report the first that breaks the log."""
-    last_version: dict[str, int] = {}
-    prev_hash, checked = GENESIS_HASH, 0
+    walk = ChainWalk(forks)
     for row in rows:
-        checked += 1
-        problem = row_problem(row, checked, prev_hash, forks, last_version)
-        if problem:
-            return VerifyReport(ok=False, events_checked=checked, first_bad_position=row[0], reason=problem)
-        last_version[row[1]] = row[2]
-        prev_hash = row[11]
-        if progress is not None and checked % 10_000 == 0:
-            progress(checked)
-    return VerifyReport(ok=True, events_checked=checked)
+        if problem := walk.check(row):
+            return VerifyReport(ok=False, events_checked=walk.checked + 1, first_bad_position=row[0], reason=problem)
+        if progress is not None and walk.checked % 10_000 == 0:
+            progress(walk.checked)
+    return VerifyReport(ok=True, events_checked=walk.checked)
+
+
+def check_extends(position: int, head_hash: str, rows: Sequence[Sequence[Any]], location: str) -> None:
+    """Refuse rows copied from elsewhere that do not continue this log exactly (`append_stored`)."""
+    for row in rows:
+        if (row[0], row[10]) != (position + 1, head_hash):
+            raise StoreError(f"{location}: position {row[0]} does not continue this log "
+                             f"(its head is position {position}); nothing was written")
+        position, head_hash = row[0], row[11]
 
 
 def anchor_problem(anchored_hash: str, position: int, found: str | None) -> str:

@@ -52,6 +52,7 @@ from apollo_es.stores.base import (
     branch_id_candidates,
     check_actor,
     check_branch_point,
+    check_extends,
     check_expected,
     check_placement,
     check_stream_id,
@@ -76,6 +77,11 @@ _APPEND = (
     "SELECT * FROM apollo_es_append(%s, %s::bigint, %s, %s::text[], %s::text[], %s::int[], %s::text[], %s::text[],"
     " %s::text[], %s::text[], %s::text[])"
 )
+_INSERT_STORED = (
+    f"INSERT INTO events ({COLUMNS}) SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::text[],"
+    " %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
+)
+_STORED_COLUMNS = COLUMNS.replace("payload", "convert_to(payload, 'UTF8')")
 _STREAM_MOVED = "AP001"  # raised by apollo_es_append when the stream's head is not the one checked
 _MAX_STARTS = 100
 _HEAD = """
@@ -423,6 +429,35 @@ class PostgresStore(LineageReads):
     async def _await_news(self, position: int, timeout: float) -> None:
         await self._listening().await_news(position, timeout)
 
+    # -- moving a log ----------------------------------------------------------------
+
+    def stored_rows(self, after: int = 0, limit: int = 1000) -> list[tuple]:
+        """Rows exactly as stored, payloads as bytes, in position order (for `stores.copy`)."""
+        return self._all(f"SELECT {_STORED_COLUMNS} FROM events WHERE position > %s ORDER BY position LIMIT %s",
+                         (after, limit))
+
+    def append_stored(self, streams: Sequence[StreamInfo], rows: Sequence[Sequence[Any]]) -> None:
+        """Add rows copied byte for byte from another log, with the stream records they need,
+        in one transaction under the log head's lock. Each row must continue this log exactly,
+        or nothing is written."""
+        if not rows:
+            return
+        columns = [list(column) for column in zip(*rows)]
+        try:
+            columns[9] = [bytes(payload).decode() for payload in columns[9]]
+        except UnicodeDecodeError as exc:
+            raise StoreError(f"a copied payload is not UTF-8: {exc}") from exc
+        with self._cursor(transaction=True) as cur:
+            position, head_hash = cur.execute("SELECT position, hash FROM log_head FOR UPDATE").fetchone()
+            check_extends(position, head_hash, rows, _safe(self.path))
+            cur.executemany(
+                "INSERT INTO streams (stream_id, parent_id, fork_version, created_at) VALUES (%s, %s, %s, %s)",
+                [(info.stream_id, info.parent_id, info.fork_version, info.created_at) for info in streams],
+            )
+            cur.execute(_INSERT_STORED, columns)
+            cur.execute("UPDATE log_head SET position = %s, hash = %s", (rows[-1][0], rows[-1][11]))
+            cur.execute("SELECT pg_notify(%s, current_schema() || ' ' || %s)", (CHANNEL, str(rows[-1][0])))
+
     # -- derived state outside the chain --------------------------------------------
 
     def checkpoint(self, name: str) -> tuple[int, str] | None:
@@ -476,10 +511,9 @@ class PostgresStore(LineageReads):
         with self._translate(), self._pool.connection() as conn, conn.transaction():
             forks = {sid: (parent, fork) for sid, parent, fork in conn.execute(
                 "SELECT stream_id, parent_id, fork_version FROM streams")}
-            columns = COLUMNS.replace("payload", "convert_to(payload, 'UTF8')")
             with conn.cursor(name="apollo_es_verify") as rows:
                 rows.itersize = 2000
-                rows.execute(f"SELECT {columns} FROM events ORDER BY position")
+                rows.execute(f"SELECT {_STORED_COLUMNS} FROM events ORDER BY position")
                 report = walk_chain(rows, forks, progress)
             head = conn.execute("SELECT position, hash FROM log_head").fetchone()
             last = conn.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone()
@@ -522,7 +556,8 @@ class _Listener:
     """The one `LISTEN` connection of this process for one database, shared by every store
     object and every subscriber on it (threads and asyncio tasks alike).
 
-    A daemon thread holds the connection and records the highest position announced. After
+    A daemon thread holds the connection and records the highest position announced for its
+    schema (stores in other schemas of the database share the channel). After
     each (re)connection it reads the log head, since appends made while nobody listened were
     announced to no one. Waiters wait for that position to pass theirs, at most their poll
     interval, so while the connection is down they simply poll.
@@ -565,10 +600,13 @@ class _Listener:
                                      application_name="apollo-es listener") as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.backend_pid = conn.info.backend_pid
-                    self._announce(conn.execute("SELECT position FROM log_head").fetchone()[0])
+                    schema, position = conn.execute("SELECT current_schema(), position FROM log_head").fetchone()
+                    self._announce(position)
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=_LISTEN_SLICE):
-                            self._announce(int(note.payload))
+                            where, _, position = note.payload.rpartition(" ")
+                            if where == schema:
+                                self._announce(int(position))
             except (psycopg.Error, ValueError):
                 self.backend_pid = None
                 self._stop.wait(_RECONNECT_DELAY)  # meanwhile waiters poll

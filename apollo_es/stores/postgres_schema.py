@@ -23,7 +23,9 @@ from apollo_es.stores.base import COLUMNS
 
 __all__ = ["CHANNEL", "PG_SCHEMA_SQL", "SCHEMA_DIGEST", "STORE_FORMAT"]
 
-CHANNEL = "apollo_es_log"  # appends NOTIFY here with the last position; subscribers LISTEN
+# Appends NOTIFY here with "SCHEMA POSITION" (the schema the store lives in, the last position
+# appended); channels are per database, so the schema tells stores in one database apart.
+CHANNEL = "apollo_es_log"
 
 _TEXT = 'text COLLATE "C"'
 
@@ -178,7 +180,7 @@ _APPEND_FUNCTION = f"""
             FROM unnest(p_event_ids, p_kinds, p_schemas, p_recorded_at, p_actors, p_causation_ids, p_payloads)
                 WITH ORDINALITY AS t (event_id, kind, schema, recorded_at, actor, causation_id, payload, i);
         UPDATE log_head SET hash = prev;
-        PERFORM pg_notify('{CHANNEL}', (pos + n)::text);
+        PERFORM pg_notify('{CHANNEL}', current_schema() || ' ' || (pos + n)::text);
         RETURN QUERY SELECT pos + 1, prevs[1], digests;
     END $$
 """

@@ -39,6 +39,7 @@ from apollo_es.stores.base import (
     branch_id_candidates,
     check_actor,
     check_branch_point,
+    check_extends,
     check_expected,
     check_placement,
     check_stream_id,
@@ -61,6 +62,9 @@ from events.envelope import ANY, ExpectedVersion, Lease, NewEvent, RecordedEvent
 __all__ = ["SQLiteStore"]
 
 _SQLITE_MAX_PARAMS = 900
+# Payloads as bytes: a flipped bit may leave text that is not UTF-8, which must be reported
+# as a bad row, not raised from the driver's text decoding.
+_STORED_COLUMNS = COLUMNS.replace("payload", "CAST(payload AS BLOB)")
 _PAGES_PER_COMMIT = 4  # rewritten by every commit, however small; see SQLiteStore._wrote
 _MAX_ROWS_PER_INSERT = 64  # 8 parameters a row: under the 999 that older SQLite builds allow
 
@@ -288,7 +292,8 @@ class SQLiteStore(LineageReads):
                         (stream_id, utc_now()),
                     )
                 inserted = self._insert(conn, stream_id, actual, fresh)
-        self._wrote(fresh)
+        if fresh:
+            self._wrote(p.payload for p in fresh)
         return in_given_order(prepared, known, inserted)
 
     def branch(
@@ -326,7 +331,7 @@ class SQLiteStore(LineageReads):
             check_unique_ids(prepared, "branch")
             self._existing(conn, new_stream_id, [p.event_id for p in following if p.chosen_id])  # raises if recorded
             self._insert(conn, new_stream_id, at_version, prepared)
-        self._wrote(prepared)
+        self._wrote(p.payload for p in prepared)
         return new_stream_id
 
     def _insert(self, conn: sqlite3.Connection, stream_id: str, head: int, prepared: list[Prepared]) -> list[RecordedEvent]:
@@ -347,12 +352,38 @@ class SQLiteStore(LineageReads):
             done += len(chunk)
         return recorded
 
-    def _wrote(self, committed: list[Prepared]) -> None:
+    def _wrote(self, payloads: Iterable[bytes]) -> None:
         """Tell the checkpointer about a commit: its payloads plus the pages any commit rewrites
         (the last table leaf, index leaves, their parents, page 1), about 55 KB of WAL for a
         one-event commit at 16 KB pages."""
-        if self._wal is not None and committed:
-            self._wal.wrote(sum(len(p.payload) for p in committed) + _PAGES_PER_COMMIT * self._page_size)
+        if self._wal is not None:
+            self._wal.wrote(sum(map(len, payloads)) + _PAGES_PER_COMMIT * self._page_size)
+
+    # -- moving a log ----------------------------------------------------------------
+
+    def stored_rows(self, after: int = 0, limit: int = 1000) -> list[tuple]:
+        """Rows exactly as stored, payloads as bytes, in position order (for `stores.copy`)."""
+        with self._lock, self._translate_errors():
+            return self._conn.execute(
+                f"SELECT {_STORED_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?", (after, limit)
+            ).fetchall()
+
+    def append_stored(self, streams: Sequence[StreamInfo], rows: Sequence[Sequence[Any]]) -> None:
+        """Add rows copied byte for byte from another log, with the stream records they need,
+        in one transaction. Each row must continue this log exactly, or nothing is written."""
+        if not rows:
+            return
+        with self._transaction() as conn:
+            last = conn.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1").fetchone()
+            check_extends(*(last or (0, GENESIS_HASH)), rows, self.path)
+            conn.executemany(
+                "INSERT INTO streams (stream_id, parent_id, fork_version, created_at) VALUES (?, ?, ?, ?)",
+                [(info.stream_id, info.parent_id, info.fork_version, info.created_at) for info in streams],
+            )
+            conn.executemany(
+                f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS TEXT), ?, ?)", rows
+            )
+        self._wrote(row[9] for row in rows)
 
     def _existing(self, conn: sqlite3.Connection, stream_id: str, event_ids: list[str]) -> dict[str, RecordedEvent]:
         found: dict[str, RecordedEvent] = {}
@@ -614,10 +645,7 @@ class SQLiteStore(LineageReads):
             forks = {sid: (parent, fork) for sid, parent, fork in self._conn.execute(
                 "SELECT stream_id, parent_id, fork_version FROM streams"
             )}
-            # Payloads as bytes: a flipped bit may leave text that is not UTF-8, which must be
-            # reported as a bad row, not raised from the driver's text decoding.
-            columns = COLUMNS.replace("payload", "CAST(payload AS BLOB)")
-            return walk_chain(self._conn.execute(f"SELECT {columns} FROM events ORDER BY position"), forks, progress)
+            return walk_chain(self._conn.execute(f"SELECT {_STORED_COLUMNS} FROM events ORDER BY position"), forks, progress)
 
     def stats(self) -> dict[str, Any]:
         """Counts an operator wants at a glance, and the head hash to anchor the chain elsewhere."""
