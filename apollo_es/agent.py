@@ -27,11 +27,11 @@ import anyio
 import msgspec
 
 from apollo_es.errors import ApolloError, ConcurrencyError, PayloadTooLarge
-from apollo_es.lease import LEASE_SECONDS, holding
+from apollo_es.lease import LEASE_SECONDS, Hold, holding
 from apollo_es.models import ModelClient, ModelError, ModelResponse
 from apollo_es.models.prices import cost_usd
 from apollo_es.redaction import Redactor
-from apollo_es.store import EventStore, NewEvent, RecordedEvent
+from apollo_es.store import ANY, EventStore, ExpectedVersion, NewEvent, RecordedEvent
 from apollo_es.tools import Observation, Workspace
 from events import (
     AgentActed,
@@ -115,18 +115,22 @@ class Agent:
         self.on_step = on_step
         self.lease_seconds = lease_seconds
         self._discarded: list[DiscardedAnswer] = []  # paid for, recorded with the next action
+        self._hold: Hold | None = None  # the run's lease while `run` works
         self.redact = redact or Redactor.from_environ(
             extra={"model API key": getattr(client, "api_key", None), "summarizer API key": getattr(summarizer, "api_key", None)}
         )
 
-    async def run(self, *, resume: bool = False) -> RunFinished:
+    async def run(self, *, resume: bool = False, reconfigured: RunReconfigured | None = None) -> RunFinished:
         """Step until the run finishes, is stopped, fails or exhausts a budget.
 
         With `resume`, a run that ended `failed` or `budget_exhausted` continues; one that
         finished or was stopped by a person does not (branch it instead). The agent holds the
         run's lease meanwhile (`apollo_es.lease`): a second agent on the run is refused.
+        `reconfigured` (new settings for the rest of the run) is recorded first, under the lease.
         """
-        async with holding(self.store, self.stream_id, self.lease_seconds):
+        async with holding(self.store, self.stream_id, self.lease_seconds) as self._hold:
+            if reconfigured is not None:
+                self._append([reconfigured], actor="system")  # a person's command, not the agent
             return await self._run(resume)
 
     async def _run(self, resume: bool) -> RunFinished:
@@ -317,7 +321,7 @@ class Agent:
         )
         summary = msgspec.structs.replace(summary, tokens_after=estimate_tokens(with_summary(context, summary)))
         try:
-            [recorded] = self.store.append(self.stream_id, [summary], expected_version=context.version, actor="agent")
+            [recorded] = self._append([summary], expected_version=context.version)
         except ConcurrencyError:
             return None  # someone wrote meanwhile; fold again and decide again
         log.info("%s summarized v%d..v%d: ~%d -> ~%d tokens", self.stream_id, replaces_from, replaces_to,
@@ -327,9 +331,7 @@ class Agent:
 
     def _observe(self, action_id: str, observed: ToolObserved) -> None:
         observed = msgspec.structs.replace(observed, output=self.redact(observed.output))
-        [recorded] = self.store.append(
-            self.stream_id, [NewEvent(event=observed, causation_id=action_id)], actor="agent"
-        )
+        [recorded] = self._append([NewEvent(event=observed, causation_id=action_id)])
         self._report(recorded)
 
     def _evaluate(self) -> float | None:
@@ -348,7 +350,7 @@ class Agent:
 
     def _finish(self, status: str, error: str = "", answer: str = "", score: float | None = None) -> RunFinished:
         finished = RunFinished(status=status, final_answer=answer, score=score, error=self.redact(error))
-        [recorded] = self.store.append(self.stream_id, [finished], actor="agent")
+        [recorded] = self._append([finished])
         self._report(recorded)
         return finished
 
@@ -366,7 +368,7 @@ class Agent:
         while True:
             try:
                 event = _acted(response, request_digest, self._discarded)
-                [acted] = self.store.append(self.stream_id, [event], expected_version=expected, actor="agent")
+                [acted] = self._append([event], expected_version=expected)
                 self._discarded = []
                 return acted
             except ConcurrencyError:
@@ -374,6 +376,12 @@ class Agent:
                 if now.finished is not None or digest(render_request(now)) != request_digest:
                     return None
                 expected = now.version
+
+    def _append(self, new_events: list, expected_version: int | ExpectedVersion = ANY, actor: str = "agent") -> list[RecordedEvent]:
+        """Every write of the agent goes through here: none once its lease is lost."""
+        if self._hold is not None:
+            self._hold.check()
+        return self.store.append(self.stream_id, new_events, expected_version=expected_version, actor=actor)
 
     def _fold(self) -> Context:
         return fold(self.store.read(self.stream_id))

@@ -42,6 +42,7 @@ __all__ = [
     "VerifyReport",
     "chain_hash",
     "is_postgres_url",
+    "sqlite_file",
     "new_event_ids",
     "open_store",
     "utc_now",
@@ -70,6 +71,16 @@ def is_postgres_url(url: str | Path) -> bool:
     return str(url).startswith(_POSTGRES_SCHEMES)
 
 
+def sqlite_file(url: str | Path) -> Path | None:
+    """The file a store URL names (`sqlite:///` removed), or None when there is none
+    (PostgreSQL, `:memory:`): the path commands create directories for, check and clean up."""
+    text = str(url)
+    if is_postgres_url(text):
+        return None
+    text = text.removeprefix("sqlite:///")
+    return None if text in ("", ":memory:") else Path(text)
+
+
 def open_store(url: str | Path, **options: Any) -> Store:
     """The store at `url`: a path, `:memory:` or `sqlite:///path` opens SQLite; a
     `postgresql://user@host/db` URL opens PostgreSQL. `options` go to the backend."""
@@ -81,7 +92,7 @@ def open_store(url: str | Path, **options: Any) -> Store:
             raise StoreError(f"PostgreSQL needs the postgres extra (pip install 'apollo-es[postgres]'): {exc}") from exc
         return PostgresStore(text, **options)
     if text.startswith("sqlite:///"):
-        text = text.removeprefix("sqlite:///") or ":memory:"
+        text = str(sqlite_file(text) or ":memory:")
     elif "://" in text:
         raise StoreError(f"unknown store URL {text!r}: use a file path, sqlite:///PATH or postgresql://USER@HOST/DB")
     return EventStore(text, **options)

@@ -208,3 +208,34 @@ def test_demo_runs_the_whole_pipeline_offline(tmp_path):
         assert len(lost) == 1 and "run_command" in lost[0]  # the `sleep 3` the kill interrupted
     again = CliRunner().invoke(cli, ["demo", "--out", str(out)])
     assert again.exit_code == 1 and "already exists" in again.output
+
+
+def test_store_urls_are_not_file_paths(tmp_path, monkeypatch, pg_database):
+    """`sqlite:///FILE` names FILE and a postgresql:// URL names no file: no command makes a
+    `sqlite:` or `postgresql:` directory, and workspaces of a PostgreSQL store go under the
+    current directory."""
+    from conftest import pg_schema_url
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["init", "--db", "sqlite:///sub/x.db"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "sub" / "x.db").is_file() and not (tmp_path / "sqlite:").exists()
+    result = runner.invoke(cli, ["stats", "--db", "sqlite:///sub/x.db"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["stats", "--db", "sqlite:///sub/missing.db"])
+    assert result.exit_code == 1 and "no store at" in result.output
+
+    url = pg_schema_url(pg_database, "cli_urls")
+    result = runner.invoke(cli, ["init", "--db", url])
+    assert result.exit_code == 0 and f"Ready: store {url} (0 events)" in result.output, result.output
+    task = tmp_path / "task.toml"
+    task.write_text('id = "hi"\ndescription = "Say hi."\n[sandbox]\nkind = "none"\n')
+    recording = tmp_path / "rec.jsonl"
+    recording.write_text(json.dumps({"model": "m", "text": "", "tool_calls": [
+        {"id": "c1", "name": "finish", "arguments": {"answer": "hi"}}], "stop_reason": "tool_use"}) + "\n")
+    result = runner.invoke(cli, ["run", str(task), "--run-id", "r1", "--model", "m", "--provider", "recorded", "--recording",
+                                 str(recording), "--db", url, "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "workspaces" / "r1").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.jsonl", "sub", "task.toml", "workspaces"]

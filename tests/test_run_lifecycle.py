@@ -7,6 +7,8 @@ import json
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import anyio
 import pytest
@@ -112,3 +114,52 @@ def test_status_in_runs_and_a_warning_for_guidance_no_agent_will_read(tmp_path):
     assert json.loads(runner.invoke(cli, ["runs", "--nl", "--db", db]).output)["status"] == "running"
     sent = runner.invoke(cli, ["intervene", "r", "-m", "go on", "--annotator", "ana", "--db", db])
     assert sent.exit_code == 0 and "Warning" not in sent.output
+
+
+def test_an_agent_that_lost_its_lease_stops_writing(tmp_path):
+    """Paused past its lease (here: the lease is taken over while a command runs), the agent
+    must not record the command's result next to the agent that took the run over."""
+    store = EventStore(tmp_path / "a.db")
+    task = Task(id="t", description="Wait.")
+    root = prepare_workspace(task, tmp_path / "ws")
+    store.append("run-1", [run_started(task, model="m", provider="anthropic", workspace=root)], actor="system")
+    (root / "go").unlink(missing_ok=True)
+
+    def take_over() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            held = store.leases().get("run-1")
+            if held is not None and store.head("run-1") >= 2:  # the command is running
+                assert store.acquire_lease("run-1", "thief:1:x", 60, take_over=held.holder) is not None
+                (root / "go").write_text("")
+                return
+            time.sleep(0.02)
+
+    async def go():
+        client = RecordedClient([_respond(("run_command", {"command": "while [ ! -e go ]; do sleep 0.05; done; sleep 1"}))])
+        try:
+            return await Agent(store, "run-1", client, Workspace(root), lease_seconds=1).run()
+        finally:
+            await client.aclose()
+
+    thief = threading.Thread(target=take_over)
+    thief.start()
+    with pytest.raises(RunHeld, match="lease ran out and another agent took the run"):
+        anyio.run(go)
+    thief.join()
+    assert [r.kind for r in store.read("run-1")] == ["RunStarted", "AgentActed"]  # no result, no end
+    assert store.leases()["run-1"].holder == "thief:1:x"  # and it did not release the thief's lease
+
+
+def test_a_refused_resume_writes_no_new_settings(tmp_path):
+    store = EventStore(tmp_path / "a.db")
+    task = Task(id="t", description="Say hi.")
+    root = prepare_workspace(task, tmp_path / "ws")
+    store.append("run-1", [run_started(task, model="m", provider="anthropic", workspace=root)], actor="system")
+    store.acquire_lease("run-1", "elsewhere:1:live", 60)
+    recording = tmp_path / "rec.jsonl"
+    recording.write_text("")
+    result = CliRunner().invoke(cli, ["resume", "run-1", "--provider", "recorded", "--recording", str(recording),
+                                      "--max-steps", "9", "--db", str(tmp_path / "a.db")])
+    assert result.exit_code == 1 and "held by another agent" in result.output
+    assert [r.kind for r in store.read("run-1")] == ["RunStarted"]

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from apollo_es.errors import ApolloError
-from apollo_es.store import Store, is_postgres_url
+from apollo_es.store import Store, sqlite_file
 from apollo_es.store import open_store as open_backend
 
 DEFAULT_DB = "apollo.db"
@@ -77,7 +77,8 @@ def open_store(db_path: str, *, create: bool = False, read_only: bool = False) -
     `read_only` (commands that only read): nothing in the file changes, not even a schema
     upgrade. APOLLO_ES_MAX_PAYLOAD_BYTES overrides the 16 MiB limit on one event's payload.
     """
-    if not create and not is_postgres_url(db_path) and not Path(db_path).is_file():
+    file = sqlite_file(db_path)
+    if not create and file is not None and not file.is_file():
         raise click.ClickException(f"no store at {db_path} (create one with: apollo-es init --db {db_path})")
     limit = os.environ.get("APOLLO_ES_MAX_PAYLOAD_BYTES")
     if limit is not None and (not limit.isdigit() or int(limit) < 1):
@@ -86,21 +87,31 @@ def open_store(db_path: str, *, create: bool = False, read_only: bool = False) -
     return open_backend(db_path, read_only=read_only, **extra)
 
 
+def beside_store(db_path: str, name: str) -> Path:
+    """`name` next to the store's file, or in the current directory for a store without one
+    (PostgreSQL): where commands put workspaces by default."""
+    file = sqlite_file(db_path)
+    return (file.resolve().parent if file is not None else Path.cwd()) / name
+
+
 @contextlib.contextmanager
 def creating_store(db_path: str) -> Iterator[Store]:
     """`open_store(create=True)` for a command that may fail before it writes anything: a
     store file it created and left empty is removed again, so a failed command leaves nothing."""
-    existed = Path(db_path).exists()
+    file = sqlite_file(db_path)
+    existed = file is None or file.exists()
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
     store = open_store(db_path, create=True)
     try:
         yield store
     except BaseException:
-        empty = not existed and not is_postgres_url(db_path) and store.last_position() == 0
+        empty = not existed and store.last_position() == 0
         store.close()
         if empty:
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(OSError):
-                    os.remove(db_path + suffix)
+                    os.remove(f"{file}{suffix}")
         raise
     else:
         store.close()

@@ -22,6 +22,7 @@ from apollo_es.interventions import undelivered_warning
 from apollo_es.cli._common import (
     INT64,
     MAX_INT,
+    beside_store,
     console,
     creating_store,
     db_option,
@@ -40,7 +41,7 @@ from apollo_es.store import NO_STREAM, EventStore
 from apollo_es.tasks import load_task, prepare_workspace, reconfiguration, run_started, sampling_of
 from apollo_es.tools import Workspace
 from apollo_es.tools import check as check_sandbox
-from events import ContextSummarized, RunFinished, RunStarted
+from events import ContextSummarized, RunFinished, RunReconfigured
 from projections.audit import timeline
 from projections.context import fold
 
@@ -77,13 +78,6 @@ def settings_options(fn):
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper
-
-
-def reconfigure(store: EventStore, stream_id: str, run: RunStarted, settings: dict, reason: str) -> None:
-    """Record the settings asked for on the command line as the run's new ones, if any were."""
-    event = reconfiguration(run, **settings, reason=reason)
-    if event is not None:
-        store.append(stream_id, [event], actor="system")
 
 
 def make_model_client(provider: str, model: str, base_url: str | None, recording: str | None, *, served: int = 0) -> ModelClient:
@@ -141,11 +135,10 @@ def run(task_file, model, provider, base_url, recording, run_id, workspace_dir, 
     sampling_of(task, client.provider)  # before the store or the workspace is made, like the sandbox
     check_sandbox(task.sandbox)
     run_id = run_id or f"{task.id}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
     with creating_store(db_path) as store:
         if store.exists(run_id):
             raise click.ClickException(f"run {run_id!r} already exists; use apollo-es resume {run_id}")
-        root = Path(workspace_dir) if workspace_dir else Path(db_path).resolve().parent / "workspaces" / run_id
+        root = Path(workspace_dir) if workspace_dir else beside_store(db_path, "workspaces") / run_id
         root = prepare_workspace(task, root)
         request_provider = client.provider
         store.append(run_id, [run_started(task, model=model, provider=request_provider, workspace=root)], expected_version=NO_STREAM, actor="system")
@@ -192,13 +185,16 @@ def resume(run_id, model, provider, base_url, recording, settings, db_path, as_j
         # one recorded response per model call already in the log: each action and each summary
         served = context.steps + sum(isinstance(e.event, ContextSummarized) for e in recorded)
         client = make_model_client(provider or started.provider or "anthropic", model or started.model, base_url, recording, served=served)
-        reconfigure(store, run_id, started, settings, reason="resume")
-        drive(store, run_id, client, Workspace(started.workspace, sandbox=started.sandbox), resume=True, as_json=as_json, quiet=quiet)
+        drive(store, run_id, client, Workspace(started.workspace, sandbox=started.sandbox), resume=True, as_json=as_json,
+              quiet=quiet, reconfigured=reconfiguration(started, **settings, reason="resume"))
 
 
 def drive(store: EventStore, run_id: str, client: ModelClient, workspace: Workspace, *, resume: bool, as_json: bool,
-          quiet: bool = False) -> None:
+          quiet: bool = False, reconfigured: RunReconfigured | None = None) -> None:
     """Run the agent with a line per step and a live status line, then print how the run ended.
+
+    `reconfigured` (new settings asked for on the command line) is recorded by the agent once
+    it holds the run's lease, so a refused resume writes nothing.
 
     Progress goes to stderr, and only to a terminal: stdout keeps just the outcome.
     """
@@ -217,7 +213,7 @@ def drive(store: EventStore, run_id: str, client: ModelClient, workspace: Worksp
 
     async def go() -> RunFinished:
         try:
-            return await Agent(store, run_id, client, workspace, on_step=show).run(resume=resume)
+            return await Agent(store, run_id, client, workspace, on_step=show).run(resume=resume, reconfigured=reconfigured)
         finally:
             await client.aclose()
 

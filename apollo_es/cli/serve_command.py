@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import click
 
-from apollo_es.cli._common import db_option, open_store
+from apollo_es.cli._common import beside_store, db_option, open_store
 from apollo_es.cli.run_commands import make_model_client, model_options
 from apollo_es.console import ConsoleSettings, Server, create_app
 from apollo_es.console.app import LOOPBACK_HOSTS
@@ -76,7 +76,7 @@ def serve(host, port, model, provider, base_url, recording, task_file, workspace
             token=token, open_reads=loopback, loopback_only=loopback, hosts=frozenset({*LOOPBACK_HOSTS, host.lower()}),
             model_client=continuation_client if can_continue else None, model=model or "",
             task=load_task(task_file) if task_file else None,
-            workspaces=Path(workspaces) if workspaces else Path(db_path).resolve().parent / "workspaces", rules=rules,
+            workspaces=Path(workspaces) if workspaces else beside_store(db_path, "workspaces"), rules=rules,
             allow_imported_commands=allow_imported_commands,
         )
         sock = _listen(host, port)

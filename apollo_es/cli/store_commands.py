@@ -32,7 +32,7 @@ from apollo_es.cli._common import (
     with_reader,
     with_store,
 )
-from apollo_es.store import ANY, NO_STREAM, EventStore, NewEvent
+from apollo_es.store import ANY, NO_STREAM, EventStore, NewEvent, sqlite_file
 from apollo_es.stores.copy import copy_store
 from projections.audit import timeline
 from replay import fork_point
@@ -48,14 +48,15 @@ def init(db_path: str, as_json: bool) -> None:
 
         apollo-es init --db runs/apollo.db
     """
-    created = not Path(db_path).exists()
-    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-    with open_store(db_path, create=True) as store:
+    file = sqlite_file(db_path)
+    created = file is not None and not file.exists()
+    with creating_store(db_path) as store:
         stats = store.stats()
     if as_json:
         print_json({"path": db_path, "created": created, "events": stats["events"]})
     else:
-        click.echo(f"{'Created' if created else 'Opened existing'} store {db_path} ({stats['events']} events)")
+        state = "Created" if created else "Opened existing" if file is not None else "Ready:"
+        click.echo(f"{state} store {db_path} ({stats['events']} events)")
 
 
 @click.command()

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -82,6 +81,7 @@ _INSERT_STORED = (
     " %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
 )
 _STORED_COLUMNS = COLUMNS.replace("payload", "convert_to(payload, 'UTF8')")
+_SERVER_NOW = "extract(epoch FROM clock_timestamp())"  # leases expire by the server's clock
 _STREAM_MOVED = "AP001"  # raised by apollo_es_append when the stream's head is not the one checked
 _MAX_STARTS = 100
 _HEAD = """
@@ -477,15 +477,15 @@ class PostgresStore(LineageReads):
         """Hold `stream_id` for `seconds` as `holder`: the held lease, or None if another holds it.
 
         One statement inserts or takes over the row only where it is free, ours, `take_over`'s
-        or run out, so of two hosts starting on one run only one gets it."""
-        now = time.time()
+        or run out, so of two hosts starting on one run only one gets it. Times are the
+        server's clock, so a host whose clock runs ahead cannot judge a live lease run out."""
         rows = self._all(
-            "INSERT INTO leases (stream_id, holder, expires_at) VALUES (%s, %s, %s) ON CONFLICT (stream_id)"
+            f"INSERT INTO leases (stream_id, holder, expires_at) VALUES (%s, %s, {_SERVER_NOW} + %s) ON CONFLICT (stream_id)"
             " DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at"
-            " WHERE leases.holder IN (%s, %s) OR leases.expires_at <= %s RETURNING 1",
-            (stream_id, holder, now + seconds, holder, take_over or holder, now),
+            f" WHERE leases.holder IN (%s, %s) OR leases.expires_at <= {_SERVER_NOW} RETURNING expires_at",
+            (stream_id, holder, seconds, holder, take_over or holder),
         )
-        return Lease(stream_id=stream_id, holder=holder, expires_at=now + seconds) if rows else None
+        return Lease(stream_id=stream_id, holder=holder, expires_at=rows[0][0]) if rows else None
 
     def release_lease(self, stream_id: str, holder: str) -> None:
         """Let go of `stream_id`, if `holder` holds it."""
@@ -493,7 +493,7 @@ class PostgresStore(LineageReads):
 
     def leases(self) -> dict[str, Lease]:
         """The leases not yet run out, by stream."""
-        rows = self._all("SELECT stream_id, holder, expires_at FROM leases WHERE expires_at > %s", (time.time(),))
+        rows = self._all(f"SELECT stream_id, holder, expires_at FROM leases WHERE expires_at > {_SERVER_NOW}")
         return {row[0]: Lease(stream_id=row[0], holder=row[1], expires_at=row[2]) for row in rows}
 
     # -- integrity and accounting ----------------------------------------------------
