@@ -26,9 +26,13 @@ pytest's default import mode, but prefer the fixtures.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-import os
 import itertools
+import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,6 +63,7 @@ from events import (
 
 BACKENDS = ("sqlite-file", "sqlite-memory")
 ALL_BACKENDS = (*BACKENDS, "postgres")
+REPO_ROOT = Path(__file__).resolve().parent.parent
 PG_SERVER = os.environ.get("APOLLO_ES_TEST_PG", "postgresql://root@127.0.0.1:5432/test")
 
 
@@ -268,6 +273,79 @@ def store_factory(backend: str, tmp_path: Path, request: pytest.FixtureRequest) 
 def store(store_factory: Callable[..., EventStore]) -> EventStore:
     """A fresh, empty store on the current backend (file in tmp_path, or ':memory:')."""
     return store_factory()
+
+
+# -- processes and places shared by the store tests ------------------------------------
+
+
+def wait_until(condition: Callable[[], Any], what: str = "the condition", *processes: subprocess.Popen,
+               timeout: float = 60.0) -> Any:
+    """Poll `condition` until it returns something truthy, and return that. Fail naming `what`
+    at the deadline, or at once, with its output, if one of `processes` exits first."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        for process in processes:
+            if process.poll() is not None:
+                out, err = process.communicate()
+                pytest.fail(f"{process.args} exited ({process.returncode}) before {what}:\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
+    return result
+
+
+@contextlib.contextmanager
+def empty_location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """Where no store is yet: a file path, or a URL whose search path is an empty schema of
+    its own (dropped afterwards). Processes given it create the store themselves."""
+    if backend == "sqlite-file":
+        yield str(tmp_path / "apollo.db")
+        return
+    import psycopg
+
+    database = request.getfixturevalue("pg_database")
+    schema = f"s_{uuid.uuid4().hex[:16]}"
+    try:
+        yield pg_schema_url(database, schema)
+    finally:
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def run_processes(tmp_path: Path, script: str, argvs: list[list[str]], timeout: float = 120) -> list[str]:
+    """Run `script` once per argv; each prints "ready" and waits for "go", which all get at
+    once, so their writes overlap. Fails unless every one exits 0; returns their stdouts."""
+    path = tmp_path / f"script-{uuid.uuid4().hex[:8]}.py"
+    path.write_text(script)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    procs: list[subprocess.Popen] = []
+    try:
+        for argv in argvs:
+            procs.append(subprocess.Popen(
+                [sys.executable, str(path), *argv],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            ))
+        for proc in procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if line.strip() != "ready":
+                proc.wait(timeout)
+                err = proc.stderr.read()  # type: ignore[union-attr]
+                pytest.fail(f"process did not start ({proc.returncode}): {line}{err}")
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = [proc.communicate(timeout=timeout) + (proc.returncode,) for proc in procs]
+    finally:
+        for proc in procs:  # only ours, by the handle we hold
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    failures = [f"process {argvs[k]} exited {rc}:\n{err}" for k, (_, err, rc) in enumerate(results) if rc != 0]
+    assert not failures, "\n".join(failures)
+    assert not any("locked" in err for _, err, _ in results)
+    return [out for out, _, _ in results]
 
 
 # -- raw rows -----------------------------------------------------------------------------

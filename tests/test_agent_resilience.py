@@ -37,6 +37,7 @@ from apollo_es.tools import Workspace
 from events import AgentActed, ContextSummarized, HumanIntervened, RunFinished, ToolCall, ToolObserved, Usage
 from projections.context import HUMAN_TAG, fold
 from projections.requests import digest, render_request
+from tests.conftest import wait_until
 from tests.scripted import API_KEY, HTTPError, ScriptedAnthropic, snapshot_reply, texts, tool_use
 
 CLI = [sys.executable, "-c", "from apollo_es.cli import main; main()"]
@@ -74,18 +75,6 @@ def resume_cli(run_id: str, recording: Path, db: Path):
     """`apollo-es resume RUN --provider recorded`, in this process."""
     args = ["resume", run_id, "--provider", "recorded", "--recording", str(recording), "--db", str(db)]
     return CliRunner().invoke(cli, args, catch_exceptions=False)
-
-
-def wait_until(condition: Callable[[], bool], what: str, process: subprocess.Popen | None = None) -> None:
-    """Poll `condition` until it holds; fail early if `process` exits first."""
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        if process is not None and process.poll() is not None:
-            out, err = process.communicate()
-            pytest.fail(f"the run exited ({process.returncode}) before {what}:\n{out}\n{err}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def count_kind(db: Path, kind: str) -> int:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -31,7 +31,7 @@ from apollo_es.store import Store, open_store
 from events import AgentActed, HumanIntervened, RunFinished, ToolCall, ToolObserved
 from projections.context import fold
 from projections.requests import digest, render_request
-from tests.conftest import PG_SERVER
+from conftest import PG_SERVER, wait_until
 
 CLI = [sys.executable, "-m", "apollo_es.cli"]
 TIMEOUT = 30.0  # seconds for any one wait; never reached when things work
@@ -56,19 +56,6 @@ def blocking_command(name: str) -> str:
     """Creates `<name>.started` in the workspace (the only place a sandboxed command can write),
     then waits (at most 30 s) for the test to create `<name>.go` there."""
     return f"touch {name}.started; for i in $(seq 600); do [ -f {name}.go ] && break; sleep 0.05; done; echo released"
-
-
-def wait_until(condition: Callable[[], bool], what: str, *processes: subprocess.Popen) -> None:
-    """Poll `condition` until it holds; fail early, with its output, if one of `processes` exits first."""
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        for process in processes:
-            if process.poll() is not None:
-                out, err = process.communicate()
-                pytest.fail(f"{process.args} exited ({process.returncode}) before {what}:\n{out}\n{err}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 class Host:

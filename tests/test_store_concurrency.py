@@ -1,34 +1,43 @@
-"""Several processes writing one stream: no lost or duplicated versions, no 'database is locked'."""
+"""Several writers on one log: no lost or duplicated versions, no 'database is locked'.
+
+Every test runs on a SQLite file and on PostgreSQL (a schema of its own on the local
+server); the one that shares a store object between threads runs on ':memory:' too. The
+processes are real processes opening the store by its path or URL, as separate hosts would.
+"""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import json
 import textwrap
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from apollo_es import EventStore
+from apollo_es.store import open_store
+from apollo_es.stores.base import Store
 from events import ToolObserved
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from conftest import ALL_BACKENDS, empty_location, run_processes
+
+# How long a writer waits for another's locks before giving up (StoreBusyError).
+WAIT_OPTIONS = {"sqlite-file": {"busy_timeout": 60}, "postgres": {"lock_timeout": 60, "pool_size": 2}}
 
 # A worker waits for "go" on stdin so that all of them start writing at once. It exits 0
 # after all its appends, 3 on any StoreError other than ConcurrencyError (database is
 # locked included), 4 on anything else.
 WORKER = textwrap.dedent(
     """
-    import sys, traceback
-    from apollo_es import ANY, ConcurrencyError, EventStore, NewEvent, StoreError, StreamNotFound
+    import json, sys, traceback
+    from apollo_es import ANY, ConcurrencyError, NewEvent, StoreError, StreamNotFound
+    from apollo_es.store import open_store
     from events import ToolObserved
 
-    path, stream, worker, mode, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+    path, options, stream, worker, mode, n = sys.argv[1:6] + [int(sys.argv[6])]
     retries = 0
     try:
-        store = EventStore(path, busy_timeout=60)
+        store = open_store(path, **json.loads(options))
         print("ready", flush=True)
         assert sys.stdin.readline().strip() == "go"
         for i in range(n):
@@ -59,50 +68,28 @@ WORKER = textwrap.dedent(
 )
 
 
-def run_workers(tmp_path: Path, db: Path, stream: str, modes: list[str], n: int, timeout: float = 120) -> list[int]:
-    """Run one worker per mode against `db`, all released at once; returns each one's retries."""
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(db), stream, f"w{k}", mode, str(n)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for k, mode in enumerate(modes)
-    ]
-    try:
-        for proc in procs:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if line.strip() != "ready":
-                proc.wait(timeout)
-                pytest.fail(f"worker did not start ({proc.returncode}): {line}{proc.stderr.read()}")  # type: ignore[union-attr]
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        results = []
-        for k, proc in enumerate(procs):
-            out, err = proc.communicate(timeout=timeout)
-            results.append((k, proc.returncode, out, err))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    failures = [f"worker {k} ({modes[k]}) exited {rc}:\n{err}" for k, rc, out, err in results if rc != 0]
-    assert not failures, "\n".join(failures)
-    assert not any("locked" in err for *_, err in results)
-    return [int(out.split()[-1]) for *_, out, _ in results]
+@pytest.fixture(params=["sqlite-file", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The backends that separate processes can share: a file, or a PostgreSQL database."""
+    return request.param
 
 
-def check_stream(db: Path, stream: str, workers: int, n: int) -> None:
-    with EventStore(db) as store:
+@pytest.fixture
+def location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    with empty_location(backend, tmp_path, request) as where:
+        yield where
+
+
+def run_workers(tmp_path: Path, location: str, backend: str, stream: str, modes: list[str], n: int) -> list[int]:
+    """Run one WORKER per mode against `location`, all released at once; returns each one's retries."""
+    options = json.dumps(WAIT_OPTIONS[backend])
+    argvs = [[location, options, stream, f"w{k}", mode, str(n)] for k, mode in enumerate(modes)]
+    outs = run_processes(tmp_path, WORKER, argvs)
+    return [int(out.split()[-1]) for out in outs]
+
+
+def check_stream(location: str, stream: str, workers: int, n: int) -> None:
+    with open_store(location) as store:
         events_ = store.read(stream)
         assert len(events_) == workers * n
         assert [r.version for r in events_] == list(range(1, workers * n + 1))
@@ -121,47 +108,49 @@ def check_stream(db: Path, stream: str, workers: int, n: int) -> None:
         assert report.events_checked == workers * n
 
 
-def test_four_processes_append_to_one_stream(tmp_path: Path) -> None:
-    db = tmp_path / "apollo.db"
-    EventStore(db).close()  # the file exists, as it would for a running service
+def test_four_processes_append_to_one_stream(tmp_path: Path, location: str, backend: str) -> None:
+    open_store(location).close()  # the store exists, as it would for a running service
     modes = ["any", "retry", "any", "retry"]
-    retries = run_workers(tmp_path, db, "shared", modes, n=500)
-    check_stream(db, "shared", workers=4, n=500)
+    n = 500 if backend == "sqlite-file" else 150  # a PostgreSQL append is a few round trips
+    retries = run_workers(tmp_path, location, backend, "shared", modes, n=n)
+    check_stream(location, "shared", workers=4, n=n)
     assert all(r >= 0 for r in retries)
 
 
-def test_processes_opening_a_new_file_at_once(tmp_path: Path) -> None:
-    # Nobody created the file: every worker opens it (WAL switch, schema) at the same time.
-    db = tmp_path / "fresh.db"
-    run_workers(tmp_path, db, "shared", ["any", "retry", "any", "retry"], n=25)
-    check_stream(db, "shared", workers=4, n=25)
+def test_processes_opening_a_new_store_at_once(tmp_path: Path, location: str, backend: str) -> None:
+    """Nobody created the store: every worker sets it up (SQLite: the WAL switch and the
+    schema; PostgreSQL: the tables, triggers and views in an empty schema) at the same time."""
+    run_workers(tmp_path, location, backend, "shared", ["any", "retry", "any", "retry"], n=25)
+    check_stream(location, "shared", workers=4, n=25)
 
 
-def test_threads_share_one_store_object(tmp_path: Path) -> None:
-    with EventStore(tmp_path / "apollo.db") as store:
-        errors: list[BaseException] = []
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_threads_share_one_store_object(store_factory: Callable[..., Store]) -> None:
+    store = store_factory()
+    errors: list[BaseException] = []
 
-        def write(k: int) -> None:
-            try:
-                for i in range(100):
-                    store.append("shared", [ToolObserved(tool_call_id=f"t{k}-{i}", output="x")])
-                    store.read_all(after=max(0, store.last_position() - 5))
-            except BaseException as exc:  # pragma: no cover - reported below
-                errors.append(exc)
+    def write(k: int) -> None:
+        try:
+            for i in range(100):
+                store.append("shared", [ToolObserved(tool_call_id=f"t{k}-{i}", output="x")])
+                store.read_all(after=max(0, store.last_position() - 5))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
 
-        threads = [threading.Thread(target=write, args=(k,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert not errors
-        assert [r.version for r in store.read("shared")] == list(range(1, 401))
-        assert store.verify().ok
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors
+    assert [r.version for r in store.read("shared")] == list(range(1, 401))
+    assert store.verify().ok
 
 
-def test_two_store_objects_on_one_file_in_one_process(tmp_path: Path) -> None:
-    db = tmp_path / "apollo.db"
-    with EventStore(db) as a, EventStore(db) as b:
+def test_two_store_objects_on_one_location_in_one_process(store_factory: Callable[..., Store]) -> None:
+    a = store_factory()
+    with open_store(a.path) as b:
         a.append("run-1", [ToolObserved(tool_call_id="a", output="a")])
         [r] = b.append("run-1", [ToolObserved(tool_call_id="b", output="b")], expected_version=1)
         assert r.version == 2 and r.position == 2

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from apollo_es.tools import TOOL_SPECS, Observation, Workspace
+from conftest import wait_until
 from events import SandboxSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -52,13 +53,6 @@ def ok(ws: Workspace, name: str, /, **arguments: object) -> Observation:
     obs = call(ws, name, **arguments)
     assert not obs.is_error, obs.output
     return obs
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def never_appears(path: Path, seconds: float) -> bool:

@@ -12,7 +12,7 @@ table lock for the whole transaction.)
 The client does everything that does not need a position first, without a lock and without
 a transaction: validation, encoding, the idempotency lookup, reading the stream's head and
 checking the expected version and the event invariants against it. Then one statement,
-`apollo_es_append(...)` (`postgres_schema.py`), run in autocommit, locks the stream row,
+`apollo_es_append(...)` (`postgres_schema.py`), run in autocommit, takes the stream's lock,
 checks that its head has not moved since (if it has, the append starts over, or fails with
 `ConcurrencyError` when a version was expected), takes the positions, hashes the batch with
 the server's `sha256`, inserts it and queues a NOTIFY; the server commits at once. So no
@@ -31,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -81,6 +83,7 @@ _INSERT_STORED = (
     " %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
 )
 _STORED_COLUMNS = COLUMNS.replace("payload", "convert_to(payload, 'UTF8')")
+_PING_AFTER_IDLE_S = 2.0
 _SERVER_NOW = "extract(epoch FROM clock_timestamp())"  # leases expire by the server's clock
 _STREAM_MOVED = "AP001"  # raised by apollo_es_append when the stream's head is not the one checked
 _MAX_STARTS = 100
@@ -121,9 +124,21 @@ class PostgresStore(LineageReads):
             if read_only:
                 conn.execute("SET default_transaction_read_only = on")
 
+        # A connection that sat in the pool a while is pinged before use: the server may have
+        # restarted or ended it meanwhile, and the call that got it would fail. A busy
+        # connection is not, which keeps appends at two round trips.
+        returned: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
+
+        def check(conn: psycopg.Connection) -> None:
+            if time.monotonic() - returned.get(conn, 0.0) > _PING_AFTER_IDLE_S:
+                psycopg_pool.ConnectionPool.check_connection(conn)
+
+        def reset(conn: psycopg.Connection) -> None:
+            returned[conn] = time.monotonic()
+
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, configure=configure, open=False,
-            timeout=lock_timeout,
+            timeout=lock_timeout, check=check, reset=reset,
         )
         try:
             self._pool.open(wait=True, timeout=connect_timeout)

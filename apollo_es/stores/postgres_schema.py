@@ -13,7 +13,12 @@ A writer role for hosts that should not be able to get around the triggers:
     GRANT SELECT, INSERT ON events, streams TO apollo_writer;
     GRANT SELECT, INSERT, UPDATE, DELETE ON leases, projection_checkpoints TO apollo_writer;
     GRANT SELECT, UPDATE ON log_head TO apollo_writer;  -- no DELETE, no TRUNCATE anywhere
-and the tables owned by another role (only an owner or superuser can disable triggers).
+    GRANT SELECT ON meta, lineage, timeline TO apollo_writer;
+and the tables owned by another role (only an owner or superuser can disable triggers); in a
+schema other than `public`, also `GRANT USAGE ON SCHEMA name TO apollo_writer`. The owner
+opens the store once first (it creates the schema; the role has no CREATE privilege). No
+UPDATE on `events` or `streams` is needed: appends serialize per stream with an advisory
+lock, not `SELECT ... FOR UPDATE` (which PostgreSQL allows only to roles that may update).
 """
 
 import hashlib
@@ -140,7 +145,7 @@ _VIEWS = [
 ]
 
 # The append itself, as one statement run in its own transaction (see `postgres.py`). It
-# takes the stream's row lock, checks that the stream's head is still the one the client
+# takes the stream's lock, checks that the stream's head is still the one the client
 # validated against (else SQLSTATE AP001 with the actual head as DETAIL), then the log head's
 # row lock, and hashes the rows under it: SHA-256 of the previous hash, "[" position "," and
 # the rest of the envelope as the client encoded it (`tails`), a newline and the payload, the
@@ -162,8 +167,11 @@ _APPEND_FUNCTION = f"""
     BEGIN
         INSERT INTO streams (stream_id, parent_id, fork_version, created_at)
             VALUES (p_stream, NULL, NULL, p_created_at) ON CONFLICT DO NOTHING;
+        -- Writers of one stream take turns here. The head is read by the next statement, which
+        -- sees what the writer before committed (one statement's snapshot predates its waits).
+        PERFORM pg_advisory_xact_lock(hashtextextended(current_schema() || '.' || p_stream, 0));
         SELECT coalesce((SELECT max(version) FROM events WHERE stream_id = s.stream_id), s.fork_version, 0)
-            INTO actual FROM streams s WHERE s.stream_id = p_stream FOR UPDATE;
+            INTO actual FROM streams s WHERE s.stream_id = p_stream;
         IF actual <> p_head THEN
             RAISE EXCEPTION 'stream % moved on' , p_stream USING ERRCODE = 'AP001', DETAIL = actual::text;
         END IF;
