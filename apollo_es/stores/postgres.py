@@ -74,13 +74,15 @@ from events.envelope import ANY, ExpectedVersion, Lease, NewEvent, RecordedEvent
 
 __all__ = ["PostgresStore"]
 
+# Arrays go in binary (%b): psycopg's text format escapes every element with a regex, which
+# took 60% of a 500-event append's time.
 _APPEND = (
-    "SELECT * FROM apollo_es_append(%s, %s::bigint, %s, %s::text[], %s::text[], %s::int[], %s::text[], %s::text[],"
-    " %s::text[], %s::text[], %s::text[])"
+    "SELECT * FROM apollo_es_append(%b, %b::bigint, %b, %b::text[], %b::text[], %b::int[], %b::text[], %b::text[],"
+    " %b::text[], %b::text[], %b::text[])"
 )
 _INSERT_STORED = (
-    f"INSERT INTO events ({COLUMNS}) SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::text[],"
-    " %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
+    f"INSERT INTO events ({COLUMNS}) SELECT * FROM unnest(%b::bigint[], %b::text[], %b::bigint[], %b::text[],"
+    " %b::text[], %b::int[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
 )
 _STORED_COLUMNS = COLUMNS.replace("payload", "convert_to(payload, 'UTF8')")
 _PING_AFTER_IDLE_S = 2.0
