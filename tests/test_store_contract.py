@@ -739,9 +739,17 @@ def test_audit_views_work(store: EventStore) -> None:
     assert [(r.version, r.kind, r.summary) for r in rows] == timeline
     assert store.timeline(child, kinds=["AgentActed"], limit=1)[0].version == 2
     assert [r.version for r in store.timeline(child, actors=["sys*"], after_version=1)] == [2, 3]
-    if isinstance(store, EventStore):  # the flattened views are SQLite's alone, for sqlite-utils
-        calls = sql(store, "SELECT tool FROM tool_calls ORDER BY position, call_id")
-        assert calls == [("bash",), ("bash",)]
+    # the flattened views: the same names, columns and values on both backends (README's queries)
+    calls = sql(store, "SELECT version, call_id, tool, model, input_tokens, output_tokens FROM tool_calls"
+                       " ORDER BY position, call_id")
+    assert [row[2] for row in calls] == ["bash", "bash"] and all(isinstance(row[4], int) for row in calls)
+    said = sql(store, "SELECT version, actor, annotator, kind, message, seen_version FROM interventions ORDER BY position")
+    verdicts = sql(store, "SELECT action_version, judge_id, verdict, score, reason FROM verdicts ORDER BY position")
+    assert said and verdicts
+    assert (calls, said, verdicts) == EXPECTED_VIEW_ROWS.setdefault("rows", (calls, said, verdicts))
+
+
+EXPECTED_VIEW_ROWS: dict[str, tuple] = {}  # what the first backend's views gave; the others must agree
 
 
 def psycopg_error() -> type:

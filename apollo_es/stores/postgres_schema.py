@@ -1,9 +1,10 @@
 """The PostgreSQL schema: the same tables, triggers and audit view names as SQLite's.
 
 Text ids use the "C" collation so `streams()` orders as SQLite does (bytewise). Payloads are
-`text`, the exact bytes that were hashed; the views read them as `json` (not `jsonb`, which
-would reorder keys and re-space nested values), so a `psql` query over `timeline` gives what
-`sqlite-utils` gives over the SQLite file.
+`text`, the exact bytes that were hashed. The audit views have SQLite's names and columns, so
+a `psql` query gives what `sqlite-utils` gives over the SQLite file: `timeline` reads payloads
+as `json` (`jsonb` would reorder keys and change its `summary`), `tool_calls`,
+`interventions` and `verdicts` as `jsonb`.
 
 `log_head` is one row: the last position and hash. Appends update it inside their
 transaction, which makes positions gapless and in commit order (see `postgres.py`).
@@ -13,7 +14,7 @@ A writer role for hosts that should not be able to get around the triggers:
     GRANT SELECT, INSERT ON events, streams TO apollo_writer;
     GRANT SELECT, INSERT, UPDATE, DELETE ON leases, projection_checkpoints TO apollo_writer;
     GRANT SELECT, UPDATE ON log_head TO apollo_writer;  -- no DELETE, no TRUNCATE anywhere
-    GRANT SELECT ON meta, lineage, timeline TO apollo_writer;
+    GRANT SELECT ON meta, lineage, timeline, tool_calls, interventions, verdicts TO apollo_writer;
 and the tables owned by another role (only an owner or superuser can disable triggers); in a
 schema other than `public`, also `GRANT USAGE ON SCHEMA name TO apollo_writer`. The owner
 opens the store once first (it creates the schema; the role has no CREATE privilege). No
@@ -141,6 +142,34 @@ _VIEWS = [
     FROM lineage l
     JOIN events e ON e.stream_id = l.source_id AND (l.up_to IS NULL OR e.version <= l.up_to)
     CROSS JOIN LATERAL (SELECT e.payload::json AS p) AS j
+    """,
+    # The auditors' views of SQLite's schema, same names and columns, over jsonb (p); values
+    # typed as SQLite's json_extract gives them (numbers as numbers, objects as JSON).
+    """
+    CREATE OR REPLACE VIEW tool_calls AS
+    SELECT e.stream_id, e.version, e.position, e.event_id, e.recorded_at,
+           c->>'id' AS call_id, c->>'name' AS tool, c->'arguments' AS arguments, p->>'model' AS model,
+           (p->'usage'->>'input_tokens')::bigint AS input_tokens, (p->'usage'->>'output_tokens')::bigint AS output_tokens
+    FROM events e CROSS JOIN LATERAL (SELECT e.payload::jsonb AS p) AS j
+    CROSS JOIN LATERAL jsonb_array_elements(p->'tool_calls') AS c
+    WHERE e.kind = 'AgentActed'
+    """,
+    """
+    CREATE OR REPLACE VIEW interventions AS
+    SELECT e.stream_id, e.version, e.position, e.recorded_at, e.actor,
+           p->>'annotator' AS annotator, p->>'kind' AS kind, p->>'message' AS message,
+           (p->>'seen_version')::bigint AS seen_version, p->>'target_event_id' AS target_event_id
+    FROM events e CROSS JOIN LATERAL (SELECT e.payload::jsonb AS p) AS j
+    WHERE e.kind = 'HumanIntervened'
+    """,
+    """
+    CREATE OR REPLACE VIEW verdicts AS
+    SELECT e.stream_id, a.version AS action_version, e.position, e.recorded_at,
+           p->>'judge_id' AS judge_id, p->>'verdict' AS verdict, (p->>'score')::float8 AS score,
+           p->>'reason' AS reason, p->>'target_event_id' AS target_event_id
+    FROM events e CROSS JOIN LATERAL (SELECT e.payload::jsonb AS p) AS j
+    LEFT JOIN events a ON a.event_id = p->>'target_event_id'
+    WHERE e.kind = 'ActionJudged'
     """,
 ]
 
