@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ROW_KEYS = {"batched_append", "single_append_normal", "single_append_full", "branch", "read"}
 
 
-def test_store_benchmark_smoke(tmp_path: Path) -> None:
+def run_store_smoke(section: str, out: Path) -> None:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "store.py"), "--smoke", "--out", str(tmp_path)],
+        [sys.executable, str(ROOT / "bench" / "store.py"), "--smoke", "--section", section, "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -25,15 +25,11 @@ def test_store_benchmark_smoke(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
 
-    result = json.loads((tmp_path / "store.json").read_text())
-    assert result["benchmark"] == "store"
-    assert result["parameters"]["smoke"] is True
-    env = result["environment"]
-    assert env["python"] and env["sqlite"] and env["cpu_count"]
-    assert env["libraries"]["eventsourcing"] and env["libraries"]["apollo-es"]
 
+def check_rows(result: dict, keys: set[str]) -> dict[str, dict]:
+    """The rows by key, each with finite positive figures, its ratio, and a verdict iff a target."""
     rows = {row["key"]: row for row in result["rows"]}
-    assert set(rows) == ROW_KEYS
+    assert set(rows) == keys
     for key, row in rows.items():
         for field in ("baseline", "ours", "ratio"):
             value = row[field]
@@ -45,8 +41,55 @@ def test_store_benchmark_smoke(tmp_path: Path) -> None:
             assert row["passed"] is None, key
         else:
             assert row["target"]["op"] in (">=", "<=") and isinstance(row["passed"], bool), key
+    return rows
+
+
+def test_store_benchmark_smoke(tmp_path: Path) -> None:
+    run_store_smoke("sqlite", tmp_path)
+
+    result = json.loads((tmp_path / "store.json").read_text())
+    assert result["benchmark"] == "store"
+    assert result["parameters"]["smoke"] is True
+    env = result["environment"]
+    assert env["python"] and env["sqlite"] and env["cpu_count"]
+    assert env["libraries"]["eventsourcing"] and env["libraries"]["apollo-es"]
+
+    rows = check_rows(result, ROW_KEYS)
     assert "synchronous=NORMAL" in rows["batched_append"]["conditions"]
     assert "synchronous=FULL" in rows["single_append_full"]["conditions"]
+    assert not (tmp_path / "store_postgres.json").exists()
+
+
+def test_store_postgres_benchmark_smoke(tmp_path: Path) -> None:
+    """Section 5 at smoke sizes: writer processes against both PostgreSQL recorders, every
+    window checked for lost or extra events, the databases it made dropped again."""
+    run_store_smoke("postgres", tmp_path)
+
+    result = json.loads((tmp_path / "store_postgres.json").read_text())
+    assert result["benchmark"] == "store_postgres" and result["parameters"]["smoke"] is True
+    assert result["environment"]["libraries"]["psycopg"]
+    parameters = result["parameters"]
+    assert "PostgresApplicationRecorder" in parameters["baseline"]
+    assert parameters["server"]["synchronous_commit"]
+    keys = {f"pg_append_b{batch}_w{writers}" for batch in parameters["batches"] for writers in parameters["writers"]}
+    rows = check_rows(result, keys)
+    for key, row in rows.items():
+        details = row["details"]
+        assert (row["target"] is not None) == (details["writers"] == 4), key
+        for quantile in ("p50_ms", "p99_ms"):
+            figures = details[quantile]
+            assert figures["baseline"] > 0 and figures["ours"] > 0, (key, quantile)
+            assert math.isclose(figures["ratio"], figures["ours"] / figures["baseline"]), (key, quantile)
+        windows = details["windows"]
+        assert [w["store"][0].upper() for w in windows] == list(parameters["order"]), key
+        for window in windows:
+            check = window["check"]
+            assert window["events"] == check["appended"] == check["stored"] > 0, (key, check)
+            assert check["problems"] == [] and check["lost"] == check["extra"] == 0, (key, check)
+            if window["store"] == "ours":
+                assert check["positions_gapless"] and check["verify"] == "ok", (key, check)
+    assert result["integrity"]["ok"] and result["integrity"]["problems"] == []
+    assert result["all_passed"] == all(row["passed"] is not False for row in rows.values())
 
 
 def run_smoke(script: str, out: Path) -> dict:
