@@ -12,11 +12,6 @@ gradient reduction differs).
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,52 +24,15 @@ if not torch.distributed.is_available() or not torch.distributed.is_gloo_availab
 from train.export import export_checkpoint  # noqa: E402
 from train.metrics import read_metrics  # noqa: E402
 from train.recipe import run  # noqa: E402
-from train.testing import TINY_MODEL, fake_tokenizer, random_dataset, tiny_config  # noqa: E402
+from train.testing import fake_tokenizer, random_dataset, tiny_config, tiny_config_file, torchrun  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _config_file(tmp_path: Path, data: Path, tok: Path) -> Path:
-    model = "\n".join(f"{k} = {json.dumps(v)}" for k, v in TINY_MODEL.items())
-    path = tmp_path / "two.toml"
-    path.write_text(f"""
-run_dir = "{tmp_path / 'two'}"
-[model]
-tokenizer = "{tok}"
-dtype = "fp32"
-[model.config]
-{model}
-[data]
-path = "{data}"
-max_tokens = 96
-[optim]
-lr = 1e-3
-min_lr = 1e-4
-warmup_steps = 1
-[train]
-global_batch = 8
-max_steps = 4
-loss_chunk_tokens = 64
-[checkpoint]
-every_steps = 0
-keep_last = 0
-""")
-    return path
-
-
 def _torchrun(*args: str) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "train", *args, "--no-progress"]
-    # its own session, so a hang is cleaned up whole (torchrun's workers included)
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"torchrun timed out; stderr:\n{stderr[-4000:]}")
-    assert process.returncode == 0, f"stdout:\n{stdout}\nstderr:\n{stderr[-4000:]}"
-    return stdout
+    done = torchrun(["-m", "train", *args, "--no-progress"], nproc=2)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
+    return done.stdout
 
 
 def test_two_gloo_processes_train_the_same_curve_as_one(tmp_path: Path) -> None:
@@ -84,7 +42,8 @@ def test_two_gloo_processes_train_the_same_curve_as_one(tmp_path: Path) -> None:
     one = run(tiny_config(tmp_path / "one", data, tok, data={"max_tokens": 96}, train={"max_steps": 4, "loss_chunk_tokens": 64}),
               progress=False)
 
-    config = _config_file(tmp_path, data, tok)
+    config = tiny_config_file(tmp_path / "two.toml", tmp_path / "two", data, tok, data={"max_tokens": 96},
+                              train={"max_steps": 4, "loss_chunk_tokens": 64})
     _torchrun(str(config), "--stop-at", "2")
     step2 = tmp_path / "two/checkpoints/step-2"
     shards = sorted((step2 / "state").glob("*.distcp"))

@@ -17,9 +17,6 @@ show the memory it held: every rank a full, unsharded fp32 gradient of the model
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -46,10 +43,10 @@ def probe(work: Path, model: dict | None = None) -> dict:
     from train.attention import choose_attention
     from train.data import DataOrder, open_dataset, plan_step
     from train.model import PackedCausalLM, load_model
-    from train.recipe import _build_model, _init_distributed, accumulate_gradients
+    from train.recipe import build_model, init_distributed, accumulate_gradients
     from train.testing import tiny_config
 
-    world, rank, device = _init_distributed()
+    world, rank, device = init_distributed()
     config = tiny_config(work / "run", work / "ds", work / "tok", data={"max_tokens": 96},
                          train={"global_batch": 12, "loss_chunk_tokens": 64},
                          **({"model": {"config": model, "tokenizer": str(work / "tok")}} if model else {}))
@@ -68,7 +65,7 @@ def probe(work: Path, model: dict | None = None) -> dict:
     for mode in MODES:
         dtype = torch.float32 if mode in ("fp32", "offload") else torch.bfloat16
         settings = msgspec.structs.replace(config, train=msgspec.structs.replace(config.train, offload_parameters=mode == "offload"))
-        hf_model, module = _build_model(settings, None, attention=attention, device=device, use_fsdp=True, dtype=dtype, is_main=rank == 0)
+        hf_model, module = build_model(settings, None, attention=attention, device=device, use_fsdp=True, dtype=dtype, is_main=rank == 0)
         fsdp_params = [p for m in module.modules() if hasattr(m, "_get_fsdp_state")
                        for group in m._get_fsdp_state()._fsdp_param_groups for p in group.fsdp_params]
         loss, after_each = 0.0, []
@@ -107,27 +104,11 @@ def _unsharded_grad(fsdp_param):
 
 
 def run_probe(work: Path, model: dict | None = None) -> list[dict]:
-    """Launch `probe` on 2 gloo processes; each rank's report.
+    """Launch `probe` on 2 gloo processes; each rank's report."""
+    from train.testing import torchrun
 
-    Once in about 40 runs under load, a rank aborted inside torch ("terminate called without
-    an active exception", exit -6) and the launch failed; a launch that fails that way is run
-    once more, any other failure fails the test.
-    """
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    extra = [json.dumps(model)] if model else []
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__, str(work), *extra]
-    for attempt in (1, 2):
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   start_new_session=True)
-        try:
-            stdout, stderr = process.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the group this test started
-            stdout, stderr = process.communicate()
-            pytest.fail(f"torchrun timed out; stderr:\n{stderr[-4000:]}")
-        if process.returncode == 0 or attempt == 2 or "terminate called without an active exception" not in stderr:
-            break
-    assert process.returncode == 0, f"stdout:\n{stdout}\nstderr:\n{stderr[-4000:]}"
+    done = torchrun([__file__, str(work), *([json.dumps(model)] if model else [])], nproc=2, timeout=120)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
     return [json.loads((work / f"probe-rank-{rank}.json").read_text()) for rank in range(2)]
 
 

@@ -14,6 +14,11 @@ The sample boundaries travel through the model's forward kwargs as `cu_seq_lens_
 `cu_seq_lens_k` / `max_length_q` / `max_length_k` (transformers' names for packed
 sequences). Both names are unknown to transformers' mask builder, so the model builds no
 causal mask for them either.
+
+Under sequence parallelism (`[parallel] sequence = N`) each rank holds 1/N of the row, and
+the same two functions, wrapped by `train.sequence_parallel.ulysses`, are registered as
+`ULYSSES_FLASH_VARLEN` and `ULYSSES_SDPA_SEGMENTS`: all-to-alls around them give each rank
+the whole row for 1/N of the heads; the boundaries are the whole row's.
 """
 
 from __future__ import annotations
@@ -26,13 +31,27 @@ import torch
 import torch.nn.functional as F
 
 from train.errors import TrainConfigError
+from train.sequence_parallel import SEQUENCE_GROUP_KWARG, ulysses
 
-__all__ = ["FLASH_VARLEN", "SDPA_SEGMENTS", "AttentionChoice", "choose_attention", "flash_attn_available", "register_attention", "segment_kwargs"]
+__all__ = [
+    "FLASH_VARLEN",
+    "SDPA_SEGMENTS",
+    "ULYSSES_FLASH_VARLEN",
+    "ULYSSES_SDPA_SEGMENTS",
+    "AttentionChoice",
+    "choose_attention",
+    "flash_attn_available",
+    "register_attention",
+    "segment_kwargs",
+]
 
 log = logging.getLogger("apollo_es.train.attention")
 
 FLASH_VARLEN = "apollo_flash_varlen"
 SDPA_SEGMENTS = "apollo_sdpa_segments"
+ULYSSES_FLASH_VARLEN = "apollo_ulysses_flash_varlen"
+ULYSSES_SDPA_SEGMENTS = "apollo_ulysses_sdpa_segments"
+_ULYSSES = {SDPA_SEGMENTS: ULYSSES_SDPA_SEGMENTS, FLASH_VARLEN: ULYSSES_FLASH_VARLEN}
 
 
 @dataclass(frozen=True)
@@ -53,8 +72,9 @@ def flash_attn_available() -> bool:
     return True
 
 
-def choose_attention(requested: str, device: torch.device) -> AttentionChoice:
-    """The attention path for `requested` (auto, flash, sdpa) on `device`; logs the choice."""
+def choose_attention(requested: str, device: torch.device, *, sequence: int = 1) -> AttentionChoice:
+    """The attention path for `requested` (auto, flash, sdpa) on `device`, over `sequence`
+    sequence-parallel ranks; logs the choice."""
     register_attention()
     flash_ok = device.type == "cuda" and flash_attn_available()
     if requested == "flash" and not flash_ok:
@@ -63,21 +83,30 @@ def choose_attention(requested: str, device: torch.device) -> AttentionChoice:
         choice = AttentionChoice(FLASH_VARLEN, "flash_attention_2 (flash_attn_varlen_func)")
     else:
         choice = AttentionChoice(SDPA_SEGMENTS, "sdpa per sample segment")
+    if sequence > 1:
+        choice = AttentionChoice(_ULYSSES[choice.implementation], f"{choice.path}, Ulysses over {sequence} ranks")
     log.info("attention path: %s", choice.path)
     return choice
 
 
-def segment_kwargs(cu_seqlens: torch.Tensor, max_seqlen: int) -> dict[str, object]:
-    """The forward kwargs that carry a packed row's sample boundaries to the attention layers."""
-    return {"cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens, "max_length_q": max_seqlen, "max_length_k": max_seqlen}
+def segment_kwargs(cu_seqlens: torch.Tensor, max_seqlen: int, sequence_group: torch.distributed.ProcessGroup | None = None) -> dict[str, object]:
+    """The forward kwargs that carry a packed row's sample boundaries to the attention layers
+    and, under sequence parallelism, the group the row is spread over."""
+    kwargs: dict[str, object] = {"cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens, "max_length_q": max_seqlen,
+                                 "max_length_k": max_seqlen}
+    if sequence_group is not None:
+        kwargs[SEQUENCE_GROUP_KWARG] = sequence_group
+    return kwargs
 
 
 def register_attention() -> None:
-    """Register both functions with transformers (idempotent)."""
+    """Register the four functions with transformers (idempotent)."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(SDPA_SEGMENTS, sdpa_segments_attention)
     AttentionInterface.register(FLASH_VARLEN, flash_varlen_attention)
+    AttentionInterface.register(ULYSSES_SDPA_SEGMENTS, ulysses(sdpa_segments_attention))
+    AttentionInterface.register(ULYSSES_FLASH_VARLEN, ulysses(flash_varlen_attention))
 
 
 def _boundaries(query: torch.Tensor, kwargs: dict) -> list[int]:

@@ -5,6 +5,7 @@
     [data]        the native dataset, the packing length, the data-order seed, epochs
     [optim]       AdamW and the learning-rate schedule
     [train]       global batch, steps, loss chunking, activation checkpointing
+    [parallel]    sequence parallelism: how many ranks share each packed row
     [checkpoint]  how often to save and how many to keep
     [metrics]     where step metrics go: metrics.jsonl, TensorBoard, W&B (offline)
     run_dir       where metrics.jsonl and checkpoints/ go
@@ -32,6 +33,7 @@ __all__ = [
     "MetricsConfig",
     "ModelConfig",
     "OptimConfig",
+    "ParallelConfig",
     "TrainConfig",
     "TrainLoopConfig",
     "apply_overrides",
@@ -99,6 +101,14 @@ class TrainLoopConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """`auto`: FSDP2 when launched on more than one process (torchrun)."""
 
 
+class ParallelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    sequence: int = 1
+    """Ulysses sequence parallelism: the ranks that share each packed row, a contiguous
+    1/sequence of it each (train/sequence_parallel.py). Must divide the number of processes
+    and the model's attention heads; key/value heads must divide it or be divisible by it.
+    FSDP2 shards over all processes either way."""
+
+
 class CheckpointConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     every_steps: int = 0
     """Save every N optimizer steps; 0 = only at the end."""
@@ -119,6 +129,7 @@ class TrainConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     data: DataConfig = msgspec.field(default_factory=DataConfig)
     optim: OptimConfig = msgspec.field(default_factory=OptimConfig)
     train: TrainLoopConfig = msgspec.field(default_factory=TrainLoopConfig)
+    parallel: ParallelConfig = msgspec.field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = msgspec.field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
 
@@ -137,6 +148,7 @@ class TrainConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         _positive("data.epochs", d.epochs)
         _positive("train.global_batch", t.global_batch)
         _positive("train.loss_chunk_tokens", t.loss_chunk_tokens)
+        _positive("parallel.sequence", self.parallel.sequence)
         if t.max_steps < 0:
             _fail("train.max_steps", f"must be >= 0 (0 = all epochs), not {t.max_steps}")
         if not o.lr > 0:

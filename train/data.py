@@ -11,11 +11,16 @@
    decreasing), deals the bins out to the ranks (balanced by tokens, the same count on
    every rank, padded with empty bins so FSDP's collectives line up) and collates this
    rank's bins. Every rank computes the same plan from the same inputs: no communication.
+4. Under sequence parallelism the bins are dealt to the data-parallel groups, and each
+   rank of a group gets its contiguous slice of every bin (`slice_sequence`); the
+   attention layers see the whole row again (train/sequence_parallel.py).
 
 Inside a bin, position ids restart at every sample and `cu_seqlens` marks the sample
 boundaries for the attention kernels. Labels come from the mask: token t is labelled with
 token t+1 when token t+1 is trained, and the last token of a sample is never labelled, so
-no label predicts across a boundary.
+no label predicts across a boundary. Labels are made for the whole row before it is sliced
+for sequence parallelism, so a slice's last token keeps the label that lies in the next
+slice.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ __all__ = [
     "labels_from_mask",
     "open_dataset",
     "plan_step",
+    "slice_sequence",
 ]
 
 IGNORE_INDEX = -100
@@ -212,19 +218,47 @@ def collate(samples: list[tuple[np.ndarray, np.ndarray]], indices: list[int] | N
     )
 
 
+def slice_sequence(batch: PackedBatch, rank: int, size: int) -> PackedBatch:
+    """Rank `rank`'s contiguous 1/`size` of a packed row, for sequence parallelism.
+
+    A row whose length does not divide by `size` is first padded with a segment of its own
+    (position ids from 0, no labels), so the padding attends to nothing else and nothing to
+    it. `cu_seqlens` and `max_seqlen` stay those of the whole (padded) row: the attention
+    layers gather the whole row back.
+    """
+    length = batch.input_ids.shape[1]
+    pad = -length % size
+    ids, positions, labels, cu, longest = batch.input_ids, batch.position_ids, batch.labels, batch.cu_seqlens, batch.max_seqlen
+    if pad:
+        ids = torch.cat([ids, ids.new_zeros((1, pad))], dim=1)
+        positions = torch.cat([positions, torch.arange(pad, dtype=positions.dtype)[None]], dim=1)
+        labels = torch.cat([labels, labels.new_full((1, pad), IGNORE_INDEX)], dim=1)
+        cu = torch.cat([cu, cu.new_tensor([length + pad])])
+        longest = max(longest, pad)
+    per_rank = (length + pad) // size
+    part = slice(rank * per_rank, (rank + 1) * per_rank)
+    return PackedBatch(ids[:, part], positions[:, part], labels[:, part], cu, longest, batch.samples)
+
+
 @dataclass
 class StepPlan:
     """What one rank trains on in one optimizer step, and the step's global totals."""
 
-    micro_batches: list[PackedBatch]  # this rank's bins (padding bins included); same count on every rank
+    micro_batches: list[PackedBatch]  # this rank's bins (padding bins included), or its slice of each; same count on every rank
     trained_tokens: int  # labels over the whole global batch: the loss denominator
     tokens: int  # tokens over the whole global batch
     samples: int  # samples in the global batch
     bins: int  # real bins over all ranks
 
 
-def plan_step(dataset: NativeDataset, indices: list[int], *, max_tokens: int, world_size: int = 1, rank: int = 0) -> StepPlan:
-    """Pack the step's samples, pick this rank's bins, collate them."""
+def plan_step(dataset: NativeDataset, indices: list[int], *, max_tokens: int, world_size: int = 1, rank: int = 0,
+              sequence_size: int = 1, sequence_rank: int = 0) -> StepPlan:
+    """Pack the step's samples, pick this rank's bins, collate them.
+
+    world_size and rank count the groups that get different bins (the data-parallel
+    ranks); under sequence parallelism each of the `sequence_size` ranks of a group gets
+    its slice of every bin.
+    """
     lengths = [dataset.meta[i].tokens for i in indices]
     bins = best_fit_decreasing(lengths, max_tokens)
     ranks = assign_bins([sum(lengths[i] for i in b) for b in bins], world_size)
@@ -235,5 +269,5 @@ def plan_step(dataset: NativeDataset, indices: list[int], *, max_tokens: int, wo
     micro = []
     for number in ranks[rank]:
         members = [] if number is None else [indices[i] for i in bins[number]]
-        micro.append(collate([dataset[i][1:] for i in members], members))
+        micro.append(slice_sequence(collate([dataset[i][1:] for i in members], members), sequence_rank, sequence_size))
     return StepPlan(micro_batches=micro, trained_tokens=trained, tokens=sum(lengths), samples=len(indices), bins=len(bins))

@@ -3,7 +3,8 @@
 RUN_DIR/metrics.jsonl has one object per step with at least: step, epoch, loss, lr,
 grad_norm, tokens, trained_tokens, samples, tokens_per_s, step_time_s, peak_memory_bytes
 (and `memory`, saying what that figure is: the CUDA allocator's peak, or the process's peak
-RSS on CPU), attention (which path ran), world_size; `mfu` on GPUs whose peak is known.
+RSS on CPU, both during the step), attention (which path ran), world_size,
+sequence_parallel; `mfu` on GPUs whose peak is known.
 
 `[metrics] sinks` adds, for the people who watch runs in them: "tensorboard" (event files
 in RUN_DIR/tensorboard/, torch.utils.tensorboard, needs the `tensorboard` package) and
@@ -14,6 +15,7 @@ them; needs `wandb`, which is not a dependency). Every numeric field becomes a s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -100,18 +102,28 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def reset_peak_memory(device: torch.device) -> None:
+    """Start measuring a peak: the CUDA allocator's, or on Linux the process's peak RSS
+    (writing 5 to /proc/self/clear_refs sets the kernel's high-water mark to the current
+    RSS); elsewhere the CPU figure stays the peak since the process started."""
     import torch
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:
-    """(bytes, what it is): the CUDA allocator's peak since the last reset, or the process's peak RSS."""
+    """(bytes, what it is): the CUDA allocator's peak since the last reset, or the process's
+    peak RSS (VmHWM: since the last reset on Linux)."""
     import torch
 
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    with contextlib.suppress(OSError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) * 1024, "cpu_max_rss"
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu_max_rss"
 
 

@@ -12,7 +12,9 @@ returns the summed loss over the batch's labelled tokens. The decoder runs on th
 row with the sample boundaries in its kwargs; the chunked cross-entropy then reads the
 lm_head weight directly, so the full logits are never made. Keeping the loss inside this
 module's forward means FSDP2 (wrapping it as the root) has the lm_head weight gathered
-when the loss needs it.
+when the loss needs it. Under sequence parallelism the batch is this rank's slice of the
+row and the loss that of the slice's labels; the group goes to the attention layers with
+the sample boundaries.
 """
 
 from __future__ import annotations
@@ -99,11 +101,13 @@ def materialize(module: nn.Module, hf_model: nn.Module, *, params_device: torch.
 class PackedCausalLM(nn.Module):
     """A causal LM that takes packed batches and returns the summed chunked loss."""
 
-    def __init__(self, model: nn.Module, *, chunk_tokens: int = 1024, offload_activations: bool = False) -> None:
+    def __init__(self, model: nn.Module, *, chunk_tokens: int = 1024, offload_activations: bool = False,
+                 sequence_group: torch.distributed.ProcessGroup | None = None) -> None:
         super().__init__()
         self.model = model
         self.chunk_tokens = chunk_tokens
         self.offload_activations = offload_activations
+        self.sequence_group = sequence_group
         head = model.get_output_embeddings()
         if head is None or getattr(head, "bias", None) is not None:
             raise TrainConfigError(f"{type(model).__name__}: the chunked loss needs an lm_head without bias")
@@ -112,14 +116,14 @@ class PackedCausalLM(nn.Module):
                 raise TrainConfigError(f"{type(model).__name__} sets {name}, which the chunked loss does not apply")
 
     def hidden_states(self, batch: PackedBatch) -> torch.Tensor:
-        """The decoder's last hidden states for the packed row, (1, T, hidden)."""
+        """The decoder's last hidden states for the packed row (or this rank's slice), (1, T, hidden)."""
         offload = torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()) if self.offload_activations else contextlib.nullcontext()
         with offload:  # with checkpointing on, what is saved is each layer's input
             out = self.model.get_decoder()(
                 input_ids=batch.input_ids,
                 position_ids=batch.position_ids,
                 use_cache=False,
-                **segment_kwargs(batch.cu_seqlens, batch.max_seqlen),
+                **segment_kwargs(batch.cu_seqlens, batch.max_seqlen, self.sequence_group),
             )
         return out.last_hidden_state
 

@@ -2,6 +2,7 @@
 
     apollo-es train CONFIG.toml                      one process (CPU or one GPU)
     torchrun --nproc-per-node N -m train CONFIG.toml FSDP2 over N GPUs (or gloo processes on CPU)
+        --set parallel.sequence=S                    ... with each packed row spread over S of them
 
 Setup checks every input before the first step: the config, the dataset (exists, not
 empty, no sample over max_tokens), the tokenizer hash, token ids against the vocabulary,
@@ -16,6 +17,13 @@ of at most `max_tokens` and deals the bins to the ranks; every bin is one forwar
 (gradient accumulation). The loss of a bin is its summed token loss divided by the
 trained-token count of the *whole global batch*, so the gradients summed over bins and
 ranks are those of one mean over the global batch, however it was split.
+
+With `[parallel] sequence = S` the ranks form a (world/S data x S sequence) grid: the bins
+are dealt to the world/S data-parallel groups, each of the S ranks of a group trains its
+contiguous slice of every bin, and the attention layers exchange q, k, v and the output
+with all-to-alls so that attention sees the whole row (train/sequence_parallel.py). FSDP2
+still shards over all ranks. Each rank's loss is that of its slice's labels, over the same
+global denominator, so the sums over slices, bins and ranks are again one mean.
 """
 
 from __future__ import annotations
@@ -40,10 +48,11 @@ from train.data import DataOrder, StepPlan, check_vocabulary, open_dataset, plan
 from train.errors import TrainError
 from train.metrics import MetricsLog, StepProgress, model_flops_per_token, peak_flops, peak_memory, reset_peak_memory
 from train.model import PackedCausalLM, empty_model, load_model, materialize, model_config
+from train.sequence_parallel import check_heads, parallel_layout
 from train.sharding import broadcast_weights, shard
 from train.tokenizer import check_tokenizer
 
-__all__ = ["TrainResult", "accumulate_gradients", "learning_rate", "run"]
+__all__ = ["TrainResult", "accumulate_gradients", "build_model", "init_distributed", "learning_rate", "run", "training_dtype"]
 
 log = logging.getLogger("apollo_es.train")
 
@@ -66,7 +75,7 @@ def run(config: TrainConfig, *, resume: str | None = None, progress: bool = True
     schedule still spans the whole run): resuming continues the same curve.
     """
     # -- setup: processes and devices ---------------------------------------------------
-    world, rank, device = _init_distributed()
+    world, rank, device = init_distributed()
     is_main = rank == 0
     run_dir = Path(config.run_dir)
     try:
@@ -97,15 +106,16 @@ def _run(config: TrainConfig, resume, progress, stop_at, world, rank, device, is
         start_step = state.step
 
     # -- setup: model -------------------------------------------------------------------
-    attention = choose_attention(config.model.attention, device)
-    compute_dtype = _compute_dtype(config.model.dtype, device)
+    layout = parallel_layout(world, rank, config.parallel.sequence, device)
+    attention = choose_attention(config.model.attention, device, sequence=layout.sequence_size)
+    compute_dtype = training_dtype(config.model.dtype, device)
     use_fsdp = config.train.fsdp == "on" or (config.train.fsdp == "auto" and world > 1)
     if world > 1 and not use_fsdp:
         raise TrainError("several processes need FSDP: set train.fsdp to \"auto\" or \"on\"")
     if config.train.offload_parameters and not use_fsdp:
         raise TrainError("train.offload_parameters needs FSDP2 (several processes, or train.fsdp = \"on\")")
-    hf_model, module = _build_model(config, checkpoint, attention=attention.implementation, device=device,
-                                    use_fsdp=use_fsdp, dtype=compute_dtype, is_main=is_main)
+    hf_model, module = build_model(config, checkpoint, attention=attention.implementation, device=device,
+                                    use_fsdp=use_fsdp, dtype=compute_dtype, is_main=is_main, sequence_group=layout.sequence_group)
     check_vocabulary(dataset, hf_model.config.vocab_size)
     autocast = torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32 and not use_fsdp)
 
@@ -127,16 +137,17 @@ def _run(config: TrainConfig, resume, progress, stop_at, world, rank, device, is
     peak = peak_flops(device)
     result = TrainResult(run_dir=run_dir, steps=start_step, attention=attention.path)
     if is_main:
-        log.info("training %s: %d steps (%d per epoch), %d samples per epoch, world size %d, attention: %s, dtype %s",
-                 type(hf_model).__name__, total_steps, order.steps_per_epoch, order.samples_per_epoch, world, attention.path,
-                 str(compute_dtype).removeprefix("torch."))
+        log.info("training %s: %d steps (%d per epoch), %d samples per epoch, world size %d (%d data x %d sequence), "
+                 "attention: %s, dtype %s", type(hf_model).__name__, total_steps, order.steps_per_epoch, order.samples_per_epoch,
+                 world, layout.data_size, layout.sequence_size, attention.path, str(compute_dtype).removeprefix("torch."))
 
     # -- the loop -------------------------------------------------------------------------
     try:
         for step in range(start_step, end_step):
             epoch, step_in_epoch = divmod(step, order.steps_per_epoch)
             plan = plan_step(dataset, order.step(epoch, step_in_epoch), max_tokens=config.data.max_tokens,
-                             world_size=world, rank=rank)
+                             world_size=layout.data_size, rank=layout.data_rank,
+                             sequence_size=layout.sequence_size, sequence_rank=layout.sequence_rank)
             reset_peak_memory(device)
             started = time.perf_counter()
             loss_sum = accumulate_gradients(module, plan, device=device, autocast=autocast, world_size=world)
@@ -161,6 +172,7 @@ def _run(config: TrainConfig, resume, progress, stop_at, world, rank, device, is
                 "tokens": plan.tokens, "trained_tokens": plan.trained_tokens, "samples": plan.samples, "bins": plan.bins,
                 "micro_batches": len(plan.micro_batches), "tokens_per_s": plan.tokens / elapsed, "step_time_s": elapsed,
                 "peak_memory_bytes": memory, "memory": memory_kind, "attention": attention.path, "world_size": world,
+                "sequence_parallel": layout.sequence_size,
             }
             if peak:
                 lengths = [dataset.meta[i].tokens for i in order.step(epoch, step_in_epoch)]
@@ -191,9 +203,13 @@ def accumulate_gradients(module: nn.Module, plan: StepPlan, *, device: torch.dev
     Each micro-batch's summed token loss is divided by the trained-token count of the whole
     global batch before backward, so the accumulated gradient (summed over micro-batches and,
     by FSDP's reduce, over ranks) is the gradient of the mean over the global batch. FSDP
-    averages over ranks, hence the extra factor world_size. Under FSDP2 every backward
-    reduce-scatters into the sharded gradients (see train/sharding.py): every rank has the
-    same number of micro-batches, so the collectives line up.
+    averages over all ranks, hence the extra factor world_size. Under sequence parallelism a
+    micro-batch is this rank's slice of a bin and the loss that of its labels; every rank of
+    the sequence group holds a partial gradient of the bin's loss (the all-to-alls carry
+    each slice's gradient to the others), and the same average times world_size sums them.
+    Under FSDP2 every backward reduce-scatters into the sharded gradients (see
+    train/sharding.py): every rank has the same number of micro-batches, so the collectives
+    line up.
     """
     scale = world_size / max(plan.trained_tokens, 1)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -221,7 +237,7 @@ def learning_rate(step: int, config: TrainConfig, total_steps: int) -> float:
 # -- helpers ----------------------------------------------------------------------------
 
 
-def _init_distributed() -> tuple[int, int, torch.device]:
+def init_distributed() -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -235,7 +251,7 @@ def _init_distributed() -> tuple[int, int, torch.device]:
     return world, rank, device
 
 
-def _compute_dtype(name: str, device: torch.device) -> torch.dtype:
+def training_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "fp32":
         return torch.float32
     if name == "bf16":
@@ -243,8 +259,9 @@ def _compute_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
 
 
-def _build_model(config: TrainConfig, checkpoint: Path | None, *, attention: str, device: torch.device,
-                 use_fsdp: bool, dtype: torch.dtype, is_main: bool) -> tuple[nn.Module, PackedCausalLM]:
+def build_model(config: TrainConfig, checkpoint: Path | None, *, attention: str, device: torch.device,
+                 use_fsdp: bool, dtype: torch.dtype, is_main: bool,
+                 sequence_group: dist.ProcessGroup | None = None) -> tuple[nn.Module, PackedCausalLM]:
     """The model and the loss wrapper that is trained, sharded under FSDP2.
 
     One process starting fresh loads the model whole. Otherwise the model is built on the
@@ -258,11 +275,13 @@ def _build_model(config: TrainConfig, checkpoint: Path | None, *, attention: str
     else:
         source = checkpoint or m.path
         hf_model = empty_model(model_config(source, None if source else m.config), attention=attention)
+    check_heads(hf_model.config, config.parallel.sequence)  # on the meta model under FSDP2: before rank 0 loads weights
     if config.train.activation_checkpointing:
         _enable_checkpointing(hf_model)
     hf_model.config.use_cache = False
     hf_model.train()
-    module = PackedCausalLM(hf_model, chunk_tokens=config.train.loss_chunk_tokens, offload_activations=config.train.offload_activations)
+    module = PackedCausalLM(hf_model, chunk_tokens=config.train.loss_chunk_tokens, offload_activations=config.train.offload_activations,
+                            sequence_group=sequence_group)
     if checkpoint is None and not use_fsdp:
         module.to(device)
         return hf_model, module

@@ -4,6 +4,10 @@
                         lm_head and the chunked loss) the root unit
     broadcast_weights   rank 0 holds the full state dict; every rank receives its shards
 
+The shards span every rank, sequence-parallel ranks included (`fully_shard`'s default mesh,
+the whole world; train/sequence_parallel.py says why), so the reduce-scatter that averages
+gradients over the world also sums the partial gradients of a sequence group.
+
 Mixed precision is FSDP2's `MixedPrecisionPolicy`: the sharded parameters (the optimizer's
 master weights) stay fp32, layers are all-gathered and computed in `param_dtype` (bf16 on
 GPUs), and gradients are reduce-scattered in fp32 into fp32 shards. Gradient sync stays on
