@@ -236,6 +236,20 @@ def _encoded_size(event: Event) -> int:
 # -- the baseline: eventsourcing's SQLite recorder --------------------------------------
 
 
+def stored_events(stream_id: str, version: int, new_events: Sequence[Event]) -> list[StoredEvent]:
+    """Our events as eventsourcing's recorders take them: the same msgspec payloads, numbered
+    after `version`, so both baselines store what ours stores."""
+    return [
+        StoredEvent(
+            originator_id=stream_id,
+            originator_version=version + offset,
+            topic=f"events.kinds:{type(event).__name__}",
+            state=msgspec.json.encode(event),
+        )
+        for offset, event in enumerate(new_events, 1)
+    ]
+
+
 class _PragmaPool(SQLiteConnectionPool):
     """eventsourcing's pool sets WAL but leaves `synchronous` at SQLite's default (FULL here);
     this one sets it on every connection it opens, so both stores run at the same durability."""
@@ -264,17 +278,7 @@ class EventsourcingBaseline:
 
     def append(self, stream_id: str, version: int, new_events: Sequence[Event]) -> None:
         """Append after `version`; the (stream, version) primary key refuses a concurrent writer."""
-        self.recorder.insert_events(
-            [
-                StoredEvent(
-                    originator_id=stream_id,
-                    originator_version=version + offset,
-                    topic=f"events.kinds:{type(event).__name__}",
-                    state=msgspec.json.encode(event),
-                )
-                for offset, event in enumerate(new_events, 1)
-            ]
-        )
+        self.recorder.insert_events(stored_events(stream_id, version, new_events))
 
     def durability(self) -> str:
         with self.datastore.transaction(commit=False) as cursor:
@@ -519,17 +523,7 @@ class PostgresBaseline:
             pass
 
     def append(self, stream_id: str, version: int, new_events: Sequence[Event]) -> None:
-        self.recorder.insert_events(
-            [
-                StoredEvent(
-                    originator_id=stream_id,
-                    originator_version=version + offset,
-                    topic=f"events.kinds:{type(event).__name__}",
-                    state=msgspec.json.encode(event),
-                )
-                for offset, event in enumerate(new_events, 1)
-            ]
-        )
+        self.recorder.insert_events(stored_events(stream_id, version, new_events))
 
     def close(self) -> None:
         self.datastore.close()

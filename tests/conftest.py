@@ -211,24 +211,33 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A database of its own for this test session on the local server, dropped at the end.
+@contextlib.contextmanager
+def fresh_database(prefix: str = "apollo_es_test") -> Iterator[str]:
+    """A new, empty database on the local server (its URL), dropped afterwards.
 
     The server is expected to be up (CI and the project machines start it); if it is not,
     the PostgreSQL tests fail with the reason rather than skip.
     """
     import psycopg
 
-    name = f"apollo_es_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     try:
         admin = psycopg.connect(PG_SERVER, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL at {PG_SERVER} is unreachable (set APOLLO_ES_TEST_PG): {exc}")
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-        yield PG_SERVER.rsplit("/", 1)[0] + f"/{name}"
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        try:
+            yield PG_SERVER.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A database of its own for this test session (tests use a schema of it each)."""
+    with fresh_database() as url:
+        yield url
 
 
 def pg_schema_url(database: str, schema: str) -> str:
@@ -346,6 +355,14 @@ def run_processes(tmp_path: Path, script: str, argvs: list[list[str]], timeout: 
     assert not failures, "\n".join(failures)
     assert not any("locked" in err for _, err, _ in results)
     return [out for out, _, _ in results]
+
+
+@pytest.fixture
+def location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """An empty file path or PostgreSQL schema (per the module's `backend`) for processes to
+    create the store in."""
+    with empty_location(backend, tmp_path, request) as where:
+        yield where
 
 
 # -- raw rows -----------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from apollo_es.store import Store, open_store
 from events import AgentActed, HumanIntervened, RunFinished, ToolCall, ToolObserved
 from projections.context import fold
 from projections.requests import digest, render_request
-from conftest import PG_SERVER, wait_until
+from conftest import fresh_database, wait_until
 
 CLI = [sys.executable, "-m", "apollo_es.cli"]
 TIMEOUT = 30.0  # seconds for any one wait; never reached when things work
@@ -76,32 +75,18 @@ class Host:
 
 
 @pytest.fixture
-def fresh_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database of this test's own on the local server, dropped afterwards.
-
-    Fails (never skips) if the server is unreachable.
-    """
-    import psycopg
-
-    name = f"apollo_es_hosts_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(PG_SERVER, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at {PG_SERVER} is unreachable (set APOLLO_ES_TEST_PG): {exc}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield PG_SERVER.rsplit("/", 1)[0] + f"/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+def database() -> Iterator[str]:
+    """A PostgreSQL database of this test's own, dropped afterwards."""
+    with fresh_database("apollo_es_hosts") as url:
+        yield url
 
 
 def leases(store: Store) -> dict[str, str]:
     return {stream_id: lease.holder for stream_id, lease in store.leases().items()}
 
 
-def test_two_hosts_an_annotator_and_a_third_host_share_one_postgres_log(fresh_database, tmp_path):
-    db = fresh_database
+def test_two_hosts_an_annotator_and_a_third_host_share_one_postgres_log(database, tmp_path):
+    db = database
     task = tmp_path / "task.toml"
     task.write_text(TASK_TOML)
     guidance = "Host B: also note the GPU count in notes.txt."

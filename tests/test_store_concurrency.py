@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from apollo_es.store import open_store
 from apollo_es.stores.base import Store
 from events import ToolObserved
 
-from conftest import ALL_BACKENDS, empty_location, run_processes
+from conftest import ALL_BACKENDS, run_processes
 
 # How long a writer waits for another's locks before giving up (StoreBusyError).
 WAIT_OPTIONS = {"sqlite-file": {"busy_timeout": 60}, "postgres": {"lock_timeout": 60, "pool_size": 2}}
@@ -72,12 +72,6 @@ WORKER = textwrap.dedent(
 def backend(request: pytest.FixtureRequest) -> str:
     """The backends that separate processes can share: a file, or a PostgreSQL database."""
     return request.param
-
-
-@pytest.fixture
-def location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
-    with empty_location(backend, tmp_path, request) as where:
-        yield where
 
 
 def run_workers(tmp_path: Path, location: str, backend: str, stream: str, modes: list[str], n: int) -> list[int]:

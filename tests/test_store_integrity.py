@@ -38,7 +38,7 @@ from apollo_es.store import chain_hash, open_store
 from apollo_es.stores.base import Store
 from events import ToolObserved
 
-from conftest import REPO_ROOT, empty_location, make_events, pg_schema_url
+from conftest import REPO_ROOT, make_events, pg_schema_url
 
 ROWS = 14  # events in the template store
 
@@ -47,13 +47,6 @@ ROWS = 14  # events in the template store
 def backend(request: pytest.FixtureRequest) -> str:
     """The backends whose rows can be edited around the store: a file, a PostgreSQL schema."""
     return request.param
-
-
-@pytest.fixture
-def location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
-    """An empty file path or PostgreSQL schema for a crash test's writers to create the store in."""
-    with empty_location(backend, tmp_path, request) as where:
-        yield where
 
 
 def fill(store: Store) -> None:
