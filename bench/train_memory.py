@@ -1,56 +1,77 @@
-"""Benchmark of the trainer's step: peak memory and speed against a plain transformers step.
+"""Benchmark of the trainer's step on CPU: peak memory against plain transformers and peer losses, and speed.
 
     python bench/train_memory.py [--smoke] [--out DIR]
 
 A tiny Llama-style model (hidden 256, 2 layers, 4 heads / 2 KV heads) with GLM-4.5's
 vocabulary of 151,552, so the logits dominate memory as they do in long-context
-fine-tuning. One forward+backward on one sample of L tokens, every token trained, fp32,
-CPU:
+fine-tuning: at 32k tokens the fp32 logits alone are 18.5 GiB. One forward+backward on one
+sample of L tokens, every token trained, fp32, CPU. The implementations:
 
-- baseline: plain transformers, `model(input_ids, labels=input_ids).loss.backward()`
-  (stock SDPA attention, no checkpointing: the full L x vocab logits, their log-softmax
-  and their gradient);
-- ours: the trainer's step (`train.recipe.accumulate_gradients` on a packed batch: SDPA
+- `hf`: plain transformers, `model(input_ids, labels=input_ids).loss.backward()` (stock
+  SDPA, no checkpointing: the full L x vocab logits, their log-softmax and their gradient);
+- `hf_ckpt`: the same with transformers' gradient checkpointing: what checkpointing alone buys;
+- `hf_ckpt_chunked`: `hf_ckpt` with the loss swapped for ours (`train.loss.chunked_cross_entropy`
+  on the decoder's hidden states): against `hf_ckpt`, the loss's own contribution;
+- `ours`: the trainer's step (`train.recipe.accumulate_gradients` on a packed batch: SDPA
   per sample segment, activation checkpointing, chunked cross-entropy with the trainer's
-  default chunk of 1,024 tokens).
+  default chunk of 1,024 tokens);
+- peers, each on the `hf_ckpt` trunk with only the loss swapped, so they compare with
+  `hf_ckpt_chunked` loss for loss: torchtune's `CEWithChunkedOutputLoss` (pure torch; the
+  lm_head is applied per chunk as torchtune's `TransformerDecoder.chunked_output` does, so
+  all chunks' logits exist at once: its saving is upcasting one bf16 chunk at a time to
+  fp32, which an fp32 run cannot show), Liger's `LigerFusedLinearCrossEntropyLoss` and
+  Apple's Cut Cross-Entropy (`linear_cross_entropy`). Liger and CCE are Triton kernels:
+  on a machine without a GPU they are tried on a tiny input and reported "not runnable on
+  CPU" with the error they raise. A peer that is not installed is reported "unavailable";
+  none is re-implemented here.
 
 Every (implementation, length) runs in a fresh subprocess; its peak memory is the
 process's peak RSS (`ru_maxrss`), whole process included (interpreter, torch, the model's
-weights and gradients: the same ~1 GB on both sides). The parent watches each child's RSS
-and kills it above the memory that was available when it started (minus 1.5 GiB), so a
-baseline that does not fit is reported as skipped rather than taking the machine down.
+weights and gradients: about 0.7 GiB before the step, a little more where a peer's imports
+are heavy, so the table also gives each step's rise). The parent watches each child's RSS
+and kills it above the memory that was available when it started (minus 1.5 GiB; lower with
+APOLLO_BENCH_MAX_MEMORY_GB), or when the machine's free memory falls under 0.5 GiB, so a
+step that does not fit is reported as skipped rather than taking the machine down.
 
-1. Peak memory at 2k, 4k, 8k tokens, ours vs baseline. Target at 8k: ratio <= 0.15.
+1. Peak memory of every implementation at 8k and 32k tokens, with its ratio to plain HF
+   where plain HF fits. Target for ours at 8k: ratio <= 0.15.
 2. Our peak memory growth per doubling of the length, 2k -> 4k -> ... -> 64k (one run).
    Target: <= 2.2 for each doubling (linear, not quadratic).
-3. Throughput at 4k tokens (tokens/s, median of 3 steps after a warm-up), ours vs
-   baseline. Target: ratio >= 0.9.
-4. Only with a CUDA GPU: one 131,072-token packed step (fwd+bwd+AdamW) of a ~1.7B-parameter
-   Llama-style model built from a config, bf16: tokens/s against the GPU's bf16 peak (the
-   ratio is the MFU) and peak memory against the GPU's memory. No targets.
+3. Throughput at 4k tokens (tokens/s, median of 3 steps after a warm-up), ours vs plain HF,
+   the two alternating step by step in one process, so that a busy machine slows both
+   alike. Target: ratio >= 0.9.
 
-`--smoke` shrinks the model and the lengths so the script runs in under a minute; its
-figures mean nothing. APOLLO_BENCH_MAX_MEMORY_GB caps what any child may use.
+The GPU step (131,072 tokens, ~1.7B model, MFU) is bench/gpu_check.py, which builds it
+with `trainer_model` and `packed_batch` from here. `--smoke` shrinks the model and the
+lengths so the script runs in under a minute; its figures mean nothing.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import resource
 import signal
-import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+if TYPE_CHECKING:
+    import torch
+
+    from train.data import PackedBatch
+    from train.model import PackedCausalLM
+
 GIB = 1024**3
+MACHINE_FLOOR = GIB // 2  # free memory under which a child is killed whatever its cap: the machine is shared
 
 BENCH_MODEL: dict[str, Any] = {
     "model_type": "llama", "vocab_size": 151_552, "hidden_size": 256, "intermediate_size": 704,
@@ -59,192 +80,326 @@ BENCH_MODEL: dict[str, Any] = {
 }
 SMOKE_MODEL: dict[str, Any] = {**BENCH_MODEL, "vocab_size": 8_192, "hidden_size": 64, "intermediate_size": 128,
                                "max_position_embeddings": 4096}
-GPU_MODEL: dict[str, Any] = {  # ~1.7B parameters
-    "model_type": "llama", "vocab_size": 151_552, "hidden_size": 2048, "intermediate_size": 5632,
-    "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 8,
-    "max_position_embeddings": 131_072, "tie_word_embeddings": False,
-}
-GPU_PACK = [65_536, 32_768, 16_384, 8_192, 4_096, 4_096]  # one 131,072-token bin of six samples
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One way of doing the step, labelled with what it really is."""
+
+    key: str
+    label: str
+    package: str | None = None  # the peer's import name, checked before a child is started
+    triton: bool = False  # a Triton kernel: needs a GPU driver
+
+
+HF_TRUNK = "HF model + gradient checkpointing"
+IMPLS = [
+    Impl("hf", "plain HF: model(input_ids, labels=input_ids), stock SDPA, no checkpointing (full logits)"),
+    Impl("hf_ckpt", f"{HF_TRUNK}, HF's own loss (full logits)"),
+    Impl("hf_ckpt_chunked", f"{HF_TRUNK} + our chunked_cross_entropy (train/loss.py)"),
+    Impl("ours", "the trainer's step (accumulate_gradients: per-sample SDPA, checkpointing, chunked CE)"),
+    Impl("torchtune", f"{HF_TRUNK} + torchtune CEWithChunkedOutputLoss (8 chunks, lm_head per chunk as torchtune does)",
+         package="torchtune"),
+    Impl("liger", f"{HF_TRUNK} + Liger LigerFusedLinearCrossEntropyLoss", package="liger_kernel", triton=True),
+    Impl("cce", f"{HF_TRUNK} + Apple Cut Cross-Entropy linear_cross_entropy (impl cce)", package="cut_cross_entropy",
+         triton=True),
+]
+BY_KEY = {impl.key: impl for impl in IMPLS}
+THROUGHPUT = "throughput"  # the child that times plain HF and ours together
+PIP_NAMES = {"torchtune": "torchtune", "liger_kernel": "liger-kernel", "cut_cross_entropy": "cut-cross-entropy"}
 
 
 @dataclass(frozen=True)
 class Plan:
     model: dict[str, Any]
-    lengths: list[int]  # ours at each
-    baseline_lengths: list[int]  # the baseline at each
+    lengths: list[int]  # ours at each (growth)
+    compare_lengths: list[int]  # every implementation at each
     ratio_length: int  # target 1
     throughput_length: int  # target 3
     chunk_tokens: int
 
 
-FULL = Plan(BENCH_MODEL, [2048, 4096, 8192, 16_384, 32_768, 65_536], [2048, 4096, 8192], 8192, 4096, 1024)
-SMOKE = Plan(SMOKE_MODEL, [256, 512], [256, 512], 512, 256, 128)
+FULL = Plan(BENCH_MODEL, [2048, 4096, 8192, 16_384, 32_768, 65_536], [8192, 32_768], 8192, 4096, 1024)
+SMOKE = Plan(SMOKE_MODEL, [256, 512], [512], 512, 512, 128)
+
+
+# -- the trainer's step, shared with bench/gpu_check.py ------------------------------------
+
+
+def packed_batch(vocab_size: int, lengths: Sequence[int], *, seed: int = 0) -> PackedBatch:
+    """One packed bin of random samples of `lengths` tokens, every token trained (collated as the trainer does)."""
+    import numpy as np
+
+    from train.data import collate
+
+    rng = np.random.default_rng(seed)
+    return collate([(rng.integers(0, vocab_size, n).astype(np.int32), np.ones(n, dtype=np.uint8)) for n in lengths])
+
+
+def trainer_model(config: dict[str, Any], *, attention: str, device: torch.device, chunk_tokens: int,
+                  offload_activations: bool = False) -> PackedCausalLM:
+    """The model as the trainer builds it in one process: fp32 master weights, activation
+    checkpointing, no KV cache, wrapped with the chunked loss. The weights are initialised
+    on `device` itself, so a 1.7B model builds in seconds on a GPU rather than minutes on CPU."""
+    import torch
+
+    from train.attention import register_attention
+    from train.model import PackedCausalLM, build_model
+    from train.recipe import _enable_checkpointing
+
+    register_attention()
+    with torch.device(device):
+        model = build_model(config, attention=attention)
+    _enable_checkpointing(model)
+    model.config.use_cache = False
+    model.train()
+    return PackedCausalLM(model, chunk_tokens=chunk_tokens, offload_activations=offload_activations)
 
 
 # -- the child: one step, one implementation, one length -----------------------------------
 
 
-def child(spec: dict[str, Any]) -> dict[str, Any]:
-    import numpy as np
+class NotRunnable(Exception):
+    """The implementation cannot run here; the message says why (the child reports it, not a failure)."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def head_loss(impl: Impl, chunk_tokens: int) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss `impl` puts on the decoder's hidden states: (hidden (1, T, H), lm_head weight (V, H),
+    labels (1, T)) -> the mean over labelled tokens. Imports the peer; raises NotRunnable when it
+    does not import, or (a Triton kernel on a machine without a GPU) fails on a tiny input."""
+    import torch
+    import torch.nn.functional as F
+
+    from train.data import IGNORE_INDEX
+
+    try:
+        if impl.key == "hf_ckpt_chunked":
+            from train.loss import chunked_cross_entropy
+
+            def loss(h, w, y):
+                return chunked_cross_entropy(h, w, y, chunk_tokens=chunk_tokens) / (y != IGNORE_INDEX).sum()
+        elif impl.key == "torchtune":
+            from torchtune.modules.loss import CEWithChunkedOutputLoss
+
+            chunked = CEWithChunkedOutputLoss(ignore_index=IGNORE_INDEX)
+
+            def loss(h, w, y):  # torchtune's TransformerDecoder.chunked_output, then its loss
+                return chunked([F.linear(part, w) for part in h.chunk(chunked.num_output_chunks, dim=1)], y)
+        elif impl.key == "liger":
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+            fused = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX)
+
+            def loss(h, w, y):
+                return fused(w, h.reshape(-1, h.shape[-1]), y.reshape(-1))
+        elif impl.key == "cce":
+            from cut_cross_entropy import linear_cross_entropy
+
+            def loss(h, w, y):
+                return linear_cross_entropy(h.reshape(-1, h.shape[-1]), w, y.reshape(-1), ignore_index=IGNORE_INDEX)
+        else:
+            raise ValueError(f"{impl.key} has no head loss of its own")
+    except ImportError as exc:
+        raise NotRunnable("unavailable", f"installed, but does not import: {type(exc).__name__}: {exc}") from exc
+    if impl.triton and not torch.cuda.is_available():
+        try:  # tried, not assumed: a future release may run on CPU
+            loss(torch.randn(1, 4, 8, requires_grad=True), torch.randn(16, 8, requires_grad=True),
+                 torch.tensor([[1, 2, 3, IGNORE_INDEX]])).backward()
+        except Exception as exc:
+            raise NotRunnable("not runnable on CPU", f"Triton kernel, no GPU here: {type(exc).__name__}: {exc}") from exc
+    return loss
+
+
+def build_step(impl: Impl, config: dict[str, Any], length: int, chunk_tokens: int) -> Callable[[], None]:
+    """One forward+backward of `impl` on one `length`-token sample, every token trained; the
+    gradients are dropped after each, as an optimizer step would."""
     import torch
 
     from train.attention import choose_attention
-    from train.data import StepPlan, collate
-    from train.model import PackedCausalLM, build_model
+    from train.data import StepPlan
+    from train.model import build_model
     from train.recipe import _enable_checkpointing, accumulate_gradients
 
-    device = torch.device(spec.get("device", "cpu"))
-    length, impl = spec["length"], spec["impl"]
-    ids = np.random.default_rng(0).integers(0, spec["model"]["vocab_size"], length).astype(np.int32)
-    if impl == "naive":
-        model = build_model(spec["model"], attention="sdpa").to(device).train()
-        tensor = torch.from_numpy(ids.astype(np.int64))[None].to(device)
-
-        def step() -> None:
-            model(input_ids=tensor, labels=tensor).loss.backward()
-    else:
-        attention = choose_attention("auto", device)
-        model = build_model(spec["model"], attention=attention.implementation)
-        _enable_checkpointing(model)
-        model.to(device).train()
-        wrapper = PackedCausalLM(model, chunk_tokens=spec["chunk_tokens"])
-        batch = collate([(ids, np.ones(length, dtype=np.uint8))])
+    device = torch.device("cpu")
+    batch = packed_batch(config["vocab_size"], [length])
+    if impl.key == "ours":
+        wrapper = trainer_model(config, attention=choose_attention("auto", device).implementation, device=device,
+                                chunk_tokens=chunk_tokens)
         plan = StepPlan([batch], trained_tokens=batch.trained_tokens, tokens=length, samples=1, bins=1)
 
         def step() -> None:
             accumulate_gradients(wrapper, plan, device=device)
+            wrapper.zero_grad(set_to_none=True)
+        return step
+    loss = None if impl.key in ("hf", "hf_ckpt") else head_loss(impl, chunk_tokens)
+    model = build_model(config, attention="sdpa").train()
+    if impl.key != "hf":
+        _enable_checkpointing(model)
 
-    before = _rss()
-    times = []
-    for _ in range(spec.get("warmup", 0) + spec.get("repeat", 1)):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
+    def hf_step() -> None:
+        if loss is None:
+            model(input_ids=batch.input_ids, labels=batch.input_ids).loss.backward()
+        else:
+            hidden = model.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                                         use_cache=False).last_hidden_state
+            loss(hidden, model.get_output_embeddings().weight, batch.labels).backward()
         model.zero_grad(set_to_none=True)
-    times = times[spec.get("warmup", 0):]
-    return {"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "rss_before_step": before,
-            "seconds": times, "median_seconds": statistics.median(times), "torch_threads": torch.get_num_threads()}
+    return hf_step
+
+
+def child(spec: dict[str, Any]) -> dict[str, Any]:
+    """A "throughput" spec times plain HF and ours alternately in this one process (so a busy
+    machine slows both alike); any other measures one step of one implementation."""
+    import torch
+
+    from bench._common import compare_seconds
+
+    length, config, chunk_tokens = spec["length"], spec["model"], spec["chunk_tokens"]
+    if spec["impl"] == THROUGHPUT:
+        hf, ours = (build_step(BY_KEY[key], config, length, chunk_tokens) for key in ("hf", "ours"))
+        hf_seconds, ours_seconds = compare_seconds(hf, ours, repeat=3, warmup=1)
+        return {"status": "measured", "hf_seconds": hf_seconds, "ours_seconds": ours_seconds,
+                "torch_threads": torch.get_num_threads()}
+    step = build_step(BY_KEY[spec["impl"]], config, length, chunk_tokens)
+    before = _rss()
+    started = time.perf_counter()
+    step()
+    return {"status": "measured", "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "rss_before_step": before, "seconds": time.perf_counter() - started}
 
 
 def _rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return _status_bytes(Path("/proc/self/status"), "VmRSS:")
 
 
 # -- the parent: subprocesses under a memory watch -------------------------------------------
 
 
-def _available_bytes() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return 8 * GIB
-
-
-def _child_rss(pid: int) -> int:
+def _status_bytes(path: Path, field: str) -> int:
+    """A `kB` field of a /proc file, in bytes; 0 when the file is gone (the process ended)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in path.read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
 
 
+def _available_bytes() -> int:
+    return _status_bytes(Path("/proc/meminfo"), "MemAvailable:")
+
+
 def measure(spec: dict[str, Any], *, timeout: float) -> dict[str, Any]:
-    """Run one child; returns its result, or {"skipped": reason}."""
+    """Run one child; returns its result, always with a "status" ("measured" or why not) and a "reason" if not."""
     from bench._common import log
 
-    cap = _available_bytes() - int(1.5 * GIB)
+    cap, origin = _available_bytes() - int(1.5 * GIB), "free memory at start minus 1.5 GiB"
     if os.environ.get("APOLLO_BENCH_MAX_MEMORY_GB"):
-        cap = min(cap, int(float(os.environ["APOLLO_BENCH_MAX_MEMORY_GB"]) * GIB))
-    log(f"   {spec['impl']:>5} at {spec['length']:>6,} tokens (memory cap {cap / GIB:.1f} GiB) ...")
+        limit = int(float(os.environ["APOLLO_BENCH_MAX_MEMORY_GB"]) * GIB)
+        if limit < cap:
+            cap, origin = limit, "APOLLO_BENCH_MAX_MEMORY_GB"
+    logits_gib = spec["length"] * spec["model"]["vocab_size"] * 4 / GIB
+    log(f"   {spec['impl']:>15} at {spec['length']:>6,} tokens (memory cap {cap / GIB:.1f} GiB) ...")
+    # a new session: the child leads its own process group, which is what is killed (and nothing else)
     process = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-    started, highest, reason = time.monotonic(), 0, None
+    started, highest, status, reason = time.monotonic(), 0, None, None
     while process.poll() is None:
-        highest = max(highest, _child_rss(process.pid))
+        highest = max(highest, _status_bytes(Path(f"/proc/{process.pid}/status"), "VmRSS:"))
         if highest > cap:
-            reason = f"OOM: passed the {cap / GIB:.1f} GiB cap (free memory at start minus 1.5 GiB), killed"
+            status = "skipped (would not fit)"
+            reason = (f"passed the {cap / GIB:.1f} GiB cap ({origin}), killed; "
+                      f"the full fp32 logits alone are {logits_gib:.1f} GiB")
+        elif _available_bytes() < MACHINE_FLOOR:
+            status = "skipped (machine memory ran low)"
+            reason = f"the machine's free memory fell under {MACHINE_FLOOR / GIB:.1f} GiB at {highest / GIB:.1f} GiB RSS, killed"
         elif time.monotonic() - started > timeout:
-            reason = f"timed out after {timeout:.0f} s, killed"
-        if reason:
+            status, reason = "skipped (timed out)", f"timed out after {timeout:.0f} s, killed"
+        if status:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             break
         time.sleep(0.05)
     stdout, stderr = process.communicate()
-    if reason is None and process.returncode != 0:
+    if status is None and process.returncode != 0:
         tail = stderr.strip().splitlines()[-1:] or ["?"]
-        reason = f"failed (exit {process.returncode}): {tail[0][:200]}"
+        status, reason = "failed", f"exit {process.returncode}: {tail[0][:300]}"
         if "can't allocate memory" in stderr or process.returncode == -signal.SIGKILL:
-            reason = "OOM: " + reason
-    if reason:
-        log(f"      skipped: {reason}")
-        return {"skipped": reason, "highest_rss_seen": highest}
+            status = "skipped (would not fit)"
+    if status:
+        log(f"      {status}: {reason}")
+        return {"status": status, "reason": reason, "highest_rss_seen": highest}
     result = json.loads(stdout.strip().splitlines()[-1])
-    log(f"      peak {result['peak_bytes'] / GIB:.2f} GiB, {result['median_seconds']:.2f} s/step")
+    if "peak_bytes" in result:
+        log(f"      peak {result['peak_bytes'] / GIB:.2f} GiB, {result['seconds']:.2f} s")
+    elif result["status"] == "measured":
+        log(f"      plain HF {result['hf_seconds']:.2f} s/step, ours {result['ours_seconds']:.2f} s/step")
+    else:
+        log(f"      {result['status']}: {result['reason']}")
     return result
 
 
-def gpu_rows(Row) -> list:  # pragma: no cover - needs a CUDA GPU
-    """One 131,072-token packed step of a ~1.7B model in bf16: tokens/s vs the bf16 peak, memory vs the GPU's."""
-    import numpy as np
-    import torch
+def not_installed(impl: Impl) -> dict[str, Any] | None:
+    """The result for a peer that is not installed at all (found without starting a child), else None."""
+    if impl.package is None or importlib.util.find_spec(impl.package) is not None:
+        return None
+    return {"status": "unavailable", "reason": f"not installed (pip install {PIP_NAMES[impl.package]})"}
 
-    from train.attention import choose_attention
-    from train.data import StepPlan, collate
-    from train.metrics import model_flops_per_token, peak_flops
-    from train.model import PackedCausalLM, build_model
-    from train.recipe import _enable_checkpointing, accumulate_gradients
 
-    device = torch.device("cuda")
-    attention = choose_attention("auto", device)
-    model = build_model(GPU_MODEL, attention=attention.implementation)
-    _enable_checkpointing(model)
-    model.to(device).train()
-    wrapper = PackedCausalLM(model, chunk_tokens=2048)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-6, fused=True)
-    rng = np.random.default_rng(0)
-    batch = collate([(rng.integers(0, GPU_MODEL["vocab_size"], n).astype(np.int32), np.ones(n, dtype=np.uint8)) for n in GPU_PACK])
-    plan = StepPlan([batch], trained_tokens=batch.trained_tokens, tokens=sum(GPU_PACK), samples=len(GPU_PACK), bins=1)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+# -- the report --------------------------------------------------------------------------------
 
-    def step() -> None:
-        accumulate_gradients(wrapper, plan, device=device, autocast=autocast)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
-    step()  # warm-up (allocations, kernels)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        step()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    seconds = statistics.median(times)
-    n_params = sum(p.numel() for p in model.parameters())
-    flops_per_token = model_flops_per_token(model.config, n_params, GPU_PACK)
-    peak = peak_flops(device) or 989e12
-    tokens = sum(GPU_PACK)
-    name = torch.cuda.get_device_name(device)
-    conditions = (f"{name}; {n_params / 1e9:.2f}B params (hidden 2048, 24 layers, vocab 151,552); one bin of "
-                  f"{len(GPU_PACK)} samples, {tokens:,} tokens; bf16 autocast, fp32 master weights, AdamW; "
-                  f"{attention.path}; checkpointing; median of 3 steps after 1")
-    return [
-        Row(key="gpu_mfu", name="131,072-token packed step: tokens/s (ratio = MFU)",
-            baseline_label=f"tokens/s at 100% of the bf16 peak ({peak / 1e12:.0f} TFLOP/s)", ours_label="this trainer's step",
-            conditions=conditions, unit="tokens/s", baseline=peak / flops_per_token, ours=tokens / seconds,
-            details={"seconds": times, "flops_per_token": flops_per_token, "attention": attention.path}),
-        Row(key="gpu_memory", name="131,072-token packed step: peak memory",
-            baseline_label="the GPU's memory", ours_label="CUDA allocator peak during the step",
-            conditions=conditions, unit="GiB", baseline=torch.cuda.get_device_properties(device).total_memory / GIB,
-            ours=torch.cuda.max_memory_allocated(device) / GIB),
-    ]
+def kilo(n: int) -> str:
+    """2048 -> '2k': the short form row keys use."""
+    return f"{n // 1024}k" if n >= 1024 else str(n)
+
+
+def memory_table(results: dict[tuple[str, int], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every implementation at every length where it was tried, measured or not, with why not."""
+    entries = []
+    for impl in IMPLS:
+        for length in sorted({n for key, n in results if key == impl.key}):
+            r, base = results[impl.key, length], results.get(("hf", length), {})
+            entry: dict[str, Any] = {"impl": impl.key, "label": impl.label, "length": length, "status": r["status"]}
+            if r["status"] == "measured":
+                entry |= {"peak_gib": r["peak_bytes"] / GIB, "step_increment_gib": (r["peak_bytes"] - r["rss_before_step"]) / GIB,
+                          "seconds": r["seconds"],
+                          "ratio_vs_plain_hf": r["peak_bytes"] / base["peak_bytes"] if base.get("status") == "measured" else None}
+            else:
+                entry["reason"] = r["reason"]
+            entries.append(entry)
+    return entries
+
+
+def print_memory_table(entries: list[dict[str, Any]], lengths: list[int]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Peak memory of one step: peak RSS of a fresh process, its ratio to plain HF, and its rise during the step",
+                  show_lines=True)
+    table.add_column("Implementation")
+    for length in lengths:
+        table.add_column(f"{length:,} tokens", justify="right")
+    by = {(e["impl"], e["length"]): e for e in entries}
+    for impl in IMPLS:
+        cells = []
+        for length in lengths:
+            e = by.get((impl.key, length))
+            if e is None:
+                cells.append("—")
+            elif e["status"] == "measured":
+                ratio = e["ratio_vs_plain_hf"]
+                versus = "no plain HF to compare" if ratio is None else f"{ratio:.2f}x plain HF"
+                cells.append(f"{e['peak_gib']:.2f} GiB\n[dim]{versus}; +{e['step_increment_gib']:.2f} GiB in the step[/dim]")
+            else:
+                cells.append(f"[yellow]{e['status']}[/yellow]\n[dim]{e['reason']}[/dim]")
+        table.add_row(f"{impl.key}\n[dim]{impl.label}[/dim]", *cells)
+    Console(width=160).print(table)
 
 
 def main() -> int:
@@ -253,95 +408,93 @@ def main() -> int:
     args = parse_args(__doc__.splitlines()[0])
     plan = SMOKE if args.smoke else FULL
     timeout = 300 if args.smoke else 1800
+    runs = [("ours", n) for n in sorted({*plan.lengths, *plan.compare_lengths})]
+    runs += [(impl.key, n) for n in plan.compare_lengths for impl in IMPLS if impl.key != "ours"]
+    runs += [(THROUGHPUT, plan.throughput_length)]
     results: dict[tuple[str, int], dict[str, Any]] = {}
-    log(f"Measuring {len(plan.lengths) + len(plan.baseline_lengths)} steps, each in its own process ...")
-    for length in plan.lengths:
-        for impl in ("naive", "ours") if length in plan.baseline_lengths else ("ours",):
-            warm = length == plan.throughput_length
-            spec = {"impl": impl, "length": length, "model": plan.model, "chunk_tokens": plan.chunk_tokens,
-                    "warmup": 1 if warm else 0, "repeat": 3 if warm else 1}
-            results[impl, length] = measure(spec, timeout=timeout)
+    log(f"{len(runs)} measurements, each in its own process (none for a peer known not to run) ...")
+    for key, length in runs:
+        earlier = next((r for (other, _), r in results.items() if other == key and r["status"] in ("unavailable", "not runnable on CPU")), None)
+        known = earlier or (None if key == THROUGHPUT else not_installed(BY_KEY[key]))
+        if known:  # the same answer at every length: no child for it
+            results[key, length] = known
+            continue
+        spec = {"impl": key, "length": length, "model": plan.model, "chunk_tokens": plan.chunk_tokens}
+        results[key, length] = measure(spec, timeout=timeout)
 
-    def ok(impl: str, length: int) -> dict[str, Any] | None:
-        r = results.get((impl, length))
-        return None if r is None or "skipped" in r else r
+    def ok(key: str, length: int) -> dict[str, Any] | None:
+        r = results.get((key, length))
+        return r if r is not None and r["status"] == "measured" else None
 
-    k = lambda n: f"{n // 1024}k" if n >= 1024 else str(n)  # noqa: E731
     model_note = (f"Llama-style, hidden {plan.model['hidden_size']}, {plan.model['num_hidden_layers']} layers, "
                   f"vocab {plan.model['vocab_size']:,}; fp32; CPU")
     rows: list[Row] = []
     notes: list[str] = []
-    # 1. memory against the baseline
-    for length in plan.baseline_lengths:
-        base, ours = ok("naive", length), ok("ours", length)
-        if base is None or ours is None:
-            why = results[("naive" if base is None else "ours", length)]["skipped"]
-            notes.append(f"memory at {k(length)}: {'baseline' if base is None else 'ours'} skipped ({why})")
-            continue
-        rows.append(Row(
-            key=f"memory_{k(length)}", name=f"peak memory of one step at {length:,} tokens",
-            baseline_label="transformers forward+backward with labels= (full logits)",
-            ours_label="trainer step (per-segment SDPA, checkpointing, chunked CE)",
-            conditions=f"one {length:,}-token sample, all tokens trained; {model_note}; peak RSS of a fresh process",
-            unit="GiB", baseline=base["peak_bytes"] / GIB, ours=ours["peak_bytes"] / GIB,
-            target=Target("<=", 0.15) if length == plan.ratio_length else None,
-            details={"baseline_rss_before_step_gib": base["rss_before_step"] / GIB,
-                     "ours_rss_before_step_gib": ours["rss_before_step"] / GIB,
-                     "baseline_step_increment_gib": (base["peak_bytes"] - base["rss_before_step"]) / GIB,
-                     "ours_step_increment_gib": (ours["peak_bytes"] - ours["rss_before_step"]) / GIB},
-        ))
+    # 1. memory against plain HF, wherever both were measured
+    for length in sorted({n for _, n in results}):
+        base = ok("hf", length)
+        for impl in IMPLS:
+            mine = ok(impl.key, length)
+            if impl.key == "hf" or base is None or mine is None:
+                continue
+            rows.append(Row(
+                key=f"memory_{kilo(length)}_{impl.key}", name=f"peak memory of one step at {length:,} tokens: {impl.key}",
+                baseline_label=BY_KEY["hf"].label, ours_label=impl.label,
+                conditions=f"one {length:,}-token sample, all tokens trained; {model_note}; peak RSS of a fresh process",
+                unit="GiB", baseline=base["peak_bytes"] / GIB, ours=mine["peak_bytes"] / GIB,
+                target=Target("<=", 0.15) if (impl.key, length) == ("ours", plan.ratio_length) else None,
+                details={"baseline_step_increment_gib": (base["peak_bytes"] - base["rss_before_step"]) / GIB,
+                         "ours_step_increment_gib": (mine["peak_bytes"] - mine["rss_before_step"]) / GIB},
+            ))
+    for (key, length), r in results.items():
+        if r["status"] != "measured":
+            notes.append(f"{key} at {kilo(length)}: {r['status']}: {r['reason']}")
     # 2. our growth per doubling
     for short, long in zip(plan.lengths, plan.lengths[1:]):
         a, b = ok("ours", short), ok("ours", long)
         if a is None or b is None:
-            notes.append(f"growth {k(short)} -> {k(long)}: not measured ({(results[('ours', short)] if a is None else results[('ours', long)])['skipped']})")
             continue
         rows.append(Row(
-            key=f"growth_{k(short)}_{k(long)}", name=f"our peak memory, {k(short)} -> {k(long)} tokens (ratio = growth per doubling)",
+            key=f"growth_{kilo(short)}_{kilo(long)}", name=f"our peak memory, {kilo(short)} -> {kilo(long)} tokens (ratio = growth per doubling)",
             baseline_label=f"trainer step at {short:,} tokens", ours_label=f"trainer step at {long:,} tokens",
             conditions=f"one sample per step, all tokens trained; {model_note}; peak RSS of a fresh process",
             unit="GiB", baseline=a["peak_bytes"] / GIB, ours=b["peak_bytes"] / GIB, target=Target("<=", 2.2),
-            details={"seconds_short": a["median_seconds"], "seconds_long": b["median_seconds"],
+            details={"seconds_short": a["seconds"], "seconds_long": b["seconds"],
                      "step_increment_growth": (b["peak_bytes"] - b["rss_before_step"]) / max(1, a["peak_bytes"] - a["rss_before_step"])},
         ))
     # 3. throughput
     length = plan.throughput_length
-    base, ours = ok("naive", length), ok("ours", length)
-    if base and ours:
+    timed = ok(THROUGHPUT, length)
+    if timed:
         rows.append(Row(
-            key=f"throughput_{k(length)}", name=f"training throughput at {length:,} tokens (forward+backward)",
-            baseline_label="transformers forward+backward with labels=", ours_label="trainer step",
-            conditions=f"one {length:,}-token sample; {model_note}; median of 3 steps after 1 warm-up, each side in its own process",
-            unit="tokens/s", baseline=length / base["median_seconds"], ours=length / ours["median_seconds"],
-            target=Target(">=", 0.9), details={"baseline_seconds": base["seconds"], "ours_seconds": ours["seconds"],
-                                              "torch_threads": ours["torch_threads"]},
+            key=f"throughput_{kilo(length)}", name=f"training throughput at {length:,} tokens (forward+backward)",
+            baseline_label=BY_KEY["hf"].label, ours_label=BY_KEY["ours"].label,
+            conditions=(f"one {length:,}-token sample; {model_note}; median of 3 steps after 1 warm-up each, "
+                        "the two alternating in one process"),
+            unit="tokens/s", baseline=length / timed["hf_seconds"], ours=length / timed["ours_seconds"],
+            target=Target(">=", 0.9), details={"baseline_seconds": timed["hf_seconds"], "ours_seconds": timed["ours_seconds"],
+                                              "torch_threads": timed["torch_threads"]},
         ))
-    else:
-        notes.append(f"throughput at {k(length)}: not measured")
-    # 4. the GPU step
-    import torch
-
-    if torch.cuda.is_available() and not args.smoke:  # pragma: no cover - needs a CUDA GPU
-        log("GPU: one 131,072-token packed step of a ~1.7B model ...")
-        try:
-            rows.extend(gpu_rows(Row))
-        except Exception as exc:  # report, do not lose the CPU figures
-            notes.append(f"GPU step failed: {type(exc).__name__}: {exc}")
-    else:
-        notes.append("GPU step (131,072 tokens, ~1.7B model, MFU): no CUDA device, not run" if not args.smoke else "GPU step: not run at smoke sizes")
+    entries = memory_table(results)
     for note in notes:
         log(f"note: {note}")
-    parameters = {"smoke": args.smoke, "model": plan.model, "lengths": plan.lengths, "baseline_lengths": plan.baseline_lengths,
-                  "chunk_tokens": plan.chunk_tokens, "notes": notes,
-                  "measurements": {f"{impl}@{length}": r for (impl, length), r in results.items()}}
-    path = report("train_memory", "apollo-es trainer memory and speed benchmark", rows,
-                  environment(["apollo-es", "torch", "transformers"]), out_dir=args.out, parameters=parameters)
+    parameters = {"smoke": args.smoke, "model": plan.model, "lengths": plan.lengths, "compare_lengths": plan.compare_lengths,
+                  "chunk_tokens": plan.chunk_tokens, "implementations": {impl.key: impl.label for impl in IMPLS},
+                  "notes": notes, "memory_table": entries,
+                  "measurements": {f"{key}@{length}": r for (key, length), r in results.items()}}
+    libraries = ["apollo-es", "torch", "transformers", "torchtune", "torchao", "liger-kernel", "cut-cross-entropy", "triton"]
+    path = report("train_memory", "apollo-es trainer memory and speed benchmark", rows, environment(libraries),
+                  out_dir=args.out, parameters=parameters)
+    print_memory_table(entries, plan.compare_lengths)
     log(f"wrote {path}")
     return 0
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        print(json.dumps(child(json.loads(sys.argv[2]))))
+        try:
+            print(json.dumps(child(json.loads(sys.argv[2]))))
+        except NotRunnable as exc:
+            print(json.dumps({"status": exc.status, "reason": str(exc)}))
         sys.exit(0)
     sys.exit(main())

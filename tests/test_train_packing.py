@@ -112,6 +112,15 @@ def test_attention_choice_on_cpu_is_sdpa_and_flash_is_refused() -> None:
         choose_attention("flash", torch.device("cpu"))
 
 
+def test_every_registered_attention_builds_a_model_on_any_machine() -> None:
+    """transformers refuses to build a model whose attention name looks like a hub kernel
+    ("flash" in it): the GPU path must not fail at build time, where no test with a GPU ran."""
+    from train.attention import FLASH_VARLEN, ULYSSES_FLASH_VARLEN, ULYSSES_SDPA_SEGMENTS
+
+    for name in (FLASH_VARLEN, SDPA_SEGMENTS, ULYSSES_FLASH_VARLEN, ULYSSES_SDPA_SEGMENTS):
+        assert tiny(name).config._attn_implementation == name
+
+
 @pytest.mark.skipif(not flash_attn_available(), reason="needs flash-attn and a CUDA GPU")
 def test_flash_varlen_matches_sdpa_per_segment_on_gpu() -> None:  # pragma: no cover - GPU only
     from train.attention import FLASH_VARLEN

@@ -47,9 +47,11 @@ __all__ = [
 
 log = logging.getLogger("apollo_es.train.attention")
 
-FLASH_VARLEN = "apollo_flash_varlen"
+# No "flash" in the names: transformers takes any implementation whose name contains it for a
+# hub kernel to download, and refuses to build the model when there is none.
+FLASH_VARLEN = "apollo_varlen"
 SDPA_SEGMENTS = "apollo_sdpa_segments"
-ULYSSES_FLASH_VARLEN = "apollo_ulysses_flash_varlen"
+ULYSSES_FLASH_VARLEN = "apollo_ulysses_varlen"
 ULYSSES_SDPA_SEGMENTS = "apollo_ulysses_sdpa_segments"
 _ULYSSES = {SDPA_SEGMENTS: ULYSSES_SDPA_SEGMENTS, FLASH_VARLEN: ULYSSES_FLASH_VARLEN}
 

@@ -34,8 +34,9 @@ __all__ = ["SINKS", "MetricsLog", "StepProgress", "model_flops_per_token", "peak
 METRICS_FILE = "metrics.jsonl"
 SINKS = {"jsonl": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # sink -> the package it needs
 
-# dense bf16 tensor-core peaks, FLOP/s
-_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12, "B200": 2250e12}
+# dense bf16 tensor-core peaks, FLOP/s; the first name the device's contains wins (PCIe before SXM)
+_PEAK_BF16 = {"H100 PCIe": 756e12, "H200": 989e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12,
+              "L40S": 362e12, "B200": 2250e12}
 
 
 class MetricsLog:
