@@ -16,9 +16,10 @@ checking the expected version and the event invariants against it. Then one stat
 checks that its head has not moved since (if it has, the append starts over, or fails with
 `ConcurrencyError` when a version was expected), takes the positions, hashes the batch with
 the server's `sha256`, inserts it and queues a NOTIFY; the server commits at once. So no
-client round trip happens while the log head is held, and an append is two round trips in
-all (one when nothing needs looking up). A branch claims its stream row and appends in one
-transaction, so its COMMIT is one round trip under the lock; branches are rare.
+client round trip happens while the log head is held. An append is two round trips (the
+head, the statement), three when the caller chose event ids (they are looked up first). A
+branch claims its stream row and appends in one transaction, so its COMMIT is one round trip
+under the lock; branches are rare.
 
 Subscriptions poll `read_all`, woken early by NOTIFY: one listening connection per process
 and database (`_Listener`) wakes every waiting subscriber, threads and asyncio tasks alike.
